@@ -1,0 +1,59 @@
+"""Key layout of the official video-SALMONN S checkpoint for the TTT block (reference §5.2-§5.5).
+
+After ``merge_and_unload`` the official model holds the block at ``model.ttt_layers.ttt.<name>`` and
+the gate at ``model.ttt_gating.gating_alpha``; the PEFT adapter stores them as
+``base_model.model.model.ttt_layers.ttt.<name>`` (``modules_to_save`` with the ``modules_to_save.default.``
+infix removed, or kept by custom saves). :class:`~avmem.memory.ttt.TTTMemory` uses the short names
+``ttt.<name>`` and ``gating_alpha``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from torch import Tensor
+
+_PREFIXES = ("base_model.model.", "model.")
+
+
+def native_key(key: str) -> str | None:
+    """Map an official / PEFT / native key to ``ttt.<name>`` or ``gating_alpha``; None if unrelated.
+
+    Keys of PEFT's frozen ``original_module`` copies are unrelated (the trained copy is the one under
+    ``modules_to_save``).
+    """
+    if ".original_module." in key:
+        return None
+    k = key.replace(".modules_to_save.default.", ".")
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if k.startswith(prefix):
+                k, changed = k[len(prefix):], True
+    if k.startswith("ttt_layers.ttt."):
+        return "ttt." + k[len("ttt_layers.ttt."):]
+    if k == "ttt_gating.gating_alpha":
+        return "gating_alpha"
+    if k.startswith("ttt.") or k == "gating_alpha":
+        return k
+    return None
+
+
+def extract_ttt_tensors(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The TTT/gating tensors of ``state_dict`` under native names (other keys are ignored).
+
+    Raises:
+        ValueError: if two keys map to the same tensor.
+    """
+    out: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, value in state_dict.items():
+        name = native_key(key)
+        if name is None:
+            continue
+        if name in out:
+            raise ValueError(f"checkpoint holds '{name}' twice: as '{origin[name]}' and as '{key}'")
+        out[name] = value
+        origin[name] = key
+    return out
