@@ -33,6 +33,7 @@ curvature          B_MLP = sum_t J_t^T J_t                   B_MLP or B_LN, weig
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Mapping
 
 import torch
@@ -53,6 +54,27 @@ from .official import extract_ttt_tensors
 from .rope import apply_rope, rope_cis
 from .state import TTTState
 from .update import Curvature, make_update_rule
+
+
+@dataclass
+class MiniBatches:
+    """Per-mini-batch inputs of the scan, stacked on a leading mini-batch axis.
+
+    Head tensors are [n_mb, B, H, N, d] (``eta`` [n_mb, B, H, N, 1]); token tensors [n_mb, 1, 1, N, 1].
+    :meth:`at` drops the leading axis.
+    """
+
+    q: Tensor
+    k: Tensor
+    target: Tensor
+    eta: Tensor
+    valid: Tensor
+    lag_target: Tensor | None = None
+    lag_mask: Tensor | None = None
+    curv_weight: Tensor | None = None
+
+    def at(self, i: int) -> "MiniBatches":
+        return MiniBatches(**{f.name: None if (t := getattr(self, f.name)) is None else t[i] for f in fields(self)})
 
 
 class TTTBlockParameters(nn.Module):
@@ -179,18 +201,16 @@ class TTTMemory(nn.Module):
         def tokens_by_mb(t: Tensor) -> Tensor:  # [T_pad] -> [n_mb, 1, 1, mb, 1]
             return t.view(n_mb, 1, 1, mb, 1)
 
-        seq = {
-            "q": by_mb(q),
-            "k": by_mb(k),
-            "target": by_mb(target),
-            "eta": eta.view(batch, heads, n_mb, mb).permute(2, 0, 1, 3).unsqueeze(-1),
-            "valid": tokens_by_mb(valid),
-        }
-        if lag_target is not None:
-            seq["lag_target"] = by_mb(lag_target)
-            seq["lag_mask"] = tokens_by_mb(lag_mask)
-        if curv_weight is not None:
-            seq["curv_weight"] = tokens_by_mb(curv_weight)
+        seq = MiniBatches(
+            q=by_mb(q),
+            k=by_mb(k),
+            target=by_mb(target),
+            eta=eta.view(batch, heads, n_mb, mb).permute(2, 0, 1, 3).unsqueeze(-1),
+            valid=tokens_by_mb(valid),
+            lag_target=None if lag_target is None else by_mb(lag_target),
+            lag_mask=None if lag_mask is None else tokens_by_mb(lag_mask),
+            curv_weight=None if curv_weight is None else tokens_by_mb(curv_weight),
+        )
 
         fast, out, loss_sum = self._scan(state.fast, seq)
 
@@ -205,36 +225,36 @@ class TTTMemory(nn.Module):
         )
         return y, new_state
 
-    def _mini_batch(self, fast: FastWeights, mb: Mapping[str, Tensor]) -> tuple[FastWeights, Tensor, Tensor]:
+    def _mini_batch(self, fast: FastWeights, mb: "MiniBatches") -> tuple[FastWeights, Tensor, Tensor]:
         """One update-then-read step; returns new weights, outputs [B,H,N,d], loss sum [B]."""
         cfg = self.cfg
         p = self.ttt
         gamma = p.ttt_norm_weight.unsqueeze(1)
         beta = p.ttt_norm_bias.unsqueeze(1)
-        y, cache = forward_keys(fast, mb["k"], gamma, beta)
-        err = y - mb["target"]
+        y, cache = forward_keys(fast, mb.k, gamma, beta)
+        err = y - mb.target
         per_token = err.square().sum(-1, keepdim=True)
-        if "lag_target" in mb:
-            lag_err = y - mb["lag_target"]
-            err = err + cfg.lag_weight * mb["lag_mask"] * lag_err
-            per_token = per_token + cfg.lag_weight * mb["lag_mask"] * lag_err.square().sum(-1, keepdim=True)
+        if mb.lag_target is not None:
+            lag_err = y - mb.lag_target
+            err = err + cfg.lag_weight * mb.lag_mask * lag_err
+            per_token = per_token + cfg.lag_weight * mb.lag_mask * lag_err.square().sum(-1, keepdim=True)
         dz2 = output_grad_to_z2(err, cache, gamma)
-        grad = weighted_param_grad(cache, dz2, mb["eta"])
+        grad = weighted_param_grad(cache, dz2, mb.eta)
         curvature = Curvature(
             cache=cache,
-            token_weight=mb.get("curv_weight"),
+            token_weight=mb.curv_weight,
             ln_gamma=gamma if cfg.curvature == "ln" else None,
             damping=cfg.damping,
         )
         fast = fast - self.update(grad, curvature)
-        out = read_out(fast, mb["q"], gamma, beta)
+        out = read_out(fast, mb.q, gamma, beta)
         with torch.no_grad():
-            loss = 0.5 * (per_token * mb["valid"]).sum(dim=(1, 2, 3))
+            loss = 0.5 * (per_token * mb.valid).sum(dim=(1, 2, 3))
         return fast, out, loss
 
-    def _scan(self, fast: FastWeights, seq: dict[str, Tensor]) -> tuple[FastWeights, Tensor, Tensor]:
+    def _scan(self, fast: FastWeights, seq: "MiniBatches") -> tuple[FastWeights, Tensor, Tensor]:
         """Run all mini-batches in order; outputs [n_mb, B, H, mb, d]."""
-        n_mb = seq["q"].shape[0]
+        n_mb = seq.q.shape[0]
         group = self.cfg.checkpoint_group
         use_ckpt = group > 0 and torch.is_grad_enabled()
         group = group if use_ckpt else n_mb
@@ -243,7 +263,7 @@ class TTTMemory(nn.Module):
             cur = FastWeights(*weights)
             outs, losses = [], []
             for i in range(start, stop):
-                cur, o, loss = self._mini_batch(cur, {key: t[i] for key, t in seq.items()})
+                cur, o, loss = self._mini_batch(cur, seq.at(i))
                 outs.append(o)
                 losses.append(loss)
             return (*cur.tensors(), torch.stack(outs), torch.stack(losses).sum(0))
