@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from avmem.memory.ttt import TTTConfig, TTTMemory, official_positions, parameter_count
+from avmem.memory.ttt.official import infer_config_fields
 from avmem.memory.ttt.rope import rope_cis
 
 from .conftest import shared_path
@@ -146,3 +147,27 @@ def test_missing_misshaped_and_foreign_tensors_are_named():
         TTTMemory.from_official_state_dict(sd, TTTConfig(dim=32, num_heads=2, mini_batch=8, lag_distance=0))
     with pytest.raises(ValueError, match="muon"):
         TTTMemory.from_official_state_dict(sd, TTTConfig(dim=32, num_heads=2, mini_batch=8, update="muon"))
+
+
+def test_infer_config_fields_from_a_checkpoint():
+    cfg = TTTConfig(dim=64, num_heads=4, hidden_mult=2, mini_batch=8, lag_distance=8)
+    sd = {"base_model.model.model." + k: v for k, v in small_official_sd(cfg).items()}
+    assert infer_config_fields(sd) == {"dim": 64, "num_heads": 4, "hidden_mult": 2}
+    no_lag = {k: v for k, v in sd.items() if "lag_linear" not in k}
+    assert infer_config_fields(no_lag)["lag_distance"] == 0
+    with pytest.raises(ValueError, match="ttt_layers.ttt.W1"):
+        infer_config_fields({k: v for k, v in sd.items() if not k.endswith("ttt.W1")})
+
+
+def test_bfloat16_official_run_stays_close_to_the_float32_vectors(vectors):
+    """The released model runs in bf16; our bf16 path tracks the float32 reference to bf16 accuracy."""
+    cfg = vectors_config(vectors, 3)
+    layer = TTTMemory.from_official_state_dict(vectors["state_dict"], cfg).to(torch.bfloat16)
+    state, start = None, 0
+    with torch.no_grad():
+        for chunk, ref in zip(vectors["chunks"], vectors["outputs"]["cg3"]):
+            n = chunk.shape[1]
+            padded = -(-n // cfg.mini_batch) * cfg.mini_batch
+            y, state = layer(chunk.to(torch.bfloat16), official_positions((3, 4), start, padded), state)
+            start += n
+            assert ((y.float() - ref).norm() / ref.norm()).item() < 2e-2

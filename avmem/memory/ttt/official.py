@@ -57,3 +57,31 @@ def extract_ttt_tensors(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out[name] = value
         origin[name] = key
     return out
+
+
+def infer_config_fields(state_dict: Mapping[str, Tensor]) -> dict[str, int]:
+    """Shape-determined :class:`~avmem.memory.ttt.TTTConfig` fields of a checkpoint's TTT block.
+
+    Returns ``dim``, ``num_heads``, ``hidden_mult`` and, when the lag projections are absent,
+    ``lag_distance=0``. The lag distance itself, the mini-batch, the base learning rate and the number
+    of CG iterations are not stored in checkpoints (the released recipe: 1024, 1024, 0.1, and
+    ``cg_max_iter=0`` in its script); pass them to ``TTTConfig`` yourself.
+
+    Raises:
+        ValueError: if the block's defining tensors are missing or inconsistent.
+    """
+    found = extract_ttt_tensors(state_dict)
+    for name in ("ttt.wq.weight", "ttt.W1"):
+        if name not in found:
+            raise ValueError(f"checkpoint has no TTT tensor '{name}' (official 'ttt_layers.{name}')")
+    dim = int(found["ttt.wq.weight"].shape[0])
+    w1 = found["ttt.W1"]
+    if w1.dim() != 3:
+        raise ValueError(f"TTT tensor 'ttt.W1' must be [heads, head_dim, hidden], got {list(w1.shape)}")
+    heads, head_dim, hidden = (int(v) for v in w1.shape)
+    if heads * head_dim != dim or hidden % head_dim:
+        raise ValueError(f"TTT tensor 'ttt.W1' {list(w1.shape)} does not fit dim {dim}")
+    fields = {"dim": dim, "num_heads": heads, "hidden_mult": hidden // head_dim}
+    if "ttt.lag_linear.weight" not in found:
+        fields["lag_distance"] = 0
+    return fields
