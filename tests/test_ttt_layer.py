@@ -54,13 +54,19 @@ CASES = [
     dict(update="hf", compat="official", lag_distance=20),
     dict(update="hf", compat="clean", lag_distance=20, hidden_mult=1),
     dict(update="hf", compat="official", num_heads=1, dim=16, mini_batch=4),
+    # previous call shorter than the lag: the official slice prev[-lag : P - (lag - L)] (lag = 2P, L < P)
+    dict(update="hf", compat="official", mini_batch=4, lag_distance=16, lengths=(8, 4, 3, 8, 12, 20)),
+    dict(update="sgd", compat="official", mini_batch=4, lag_distance=24, lengths=(12, 8, 4, 30, 2)),
+    dict(update="hf", compat="clean", mini_batch=4, lag_distance=16, lengths=(8, 4, 3, 8, 12, 20)),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_fast_path_matches_naive_reference_outputs_and_gradients(case):
+    case = dict(case)
+    lengths = case.pop("lengths", (13, 8, 21))
     layer = make_layer(**case)
-    xs = [torch.randn(2, n, layer.cfg.dim, dtype=DT) for n in (13, 8, 21)]
+    xs = [torch.randn(2, n, layer.cfg.dim, dtype=DT) for n in lengths]
     ys_f, st_f = stream(layer, layer, xs)
     ys_n, st_n = stream(lambda x, p, s: naive_forward(layer, x, p, s), layer, xs)
     for a, b in zip(ys_f, ys_n):

@@ -63,8 +63,10 @@ class FastWeights:
         return self.zip_map(other, lambda a, b: a + s * b)
 
     def dot(self, other: "FastWeights") -> Tensor:
-        """Per-task inner product, [B, H, 1, 1]."""
-        return sum((a * b).sum(dim=(-2, -1), keepdim=True) for a, b in zip(self.tensors(), other.tensors()))
+        """Per-task inner product, [B, H, 1, 1], accumulated in float32 (or wider) and rounded once."""
+        acc = torch.float64 if self.W1.dtype == torch.float64 else torch.float32
+        total = sum((a * b).sum(dim=(-2, -1), keepdim=True, dtype=acc) for a, b in zip(self.tensors(), other.tensors()))
+        return total.to(self.W1.dtype)
 
     def numel_per_task(self) -> int:
         return sum(t.shape[-2] * t.shape[-1] for t in self.tensors())
@@ -97,7 +99,7 @@ def target_layer_norm(z: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
     """LayerNorm of the reconstruction targets: unbiased std with eps outside the root (official)."""
     mean = z.mean(dim=-1, keepdim=True)
     std = z.std(dim=-1, keepdim=True)
-    return gamma * (z - mean) / (std + LN_EPS) + beta
+    return gamma * ((z - mean) / (std + LN_EPS)) + beta
 
 
 def ln_backward(g: Tensor, xhat: Tensor, rstd: Tensor) -> Tensor:
@@ -207,8 +209,12 @@ def gauss_newton_product(
 
 
 def read_out(theta: FastWeights, queries: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
-    """f(q; theta) = q + LN(MLP(q; theta)), [B, H, N, d]."""
+    """f(q; theta) = q + LN(MLP(q; theta)), [B, H, N, d].
+
+    The LayerNorm divides by sqrt(var + eps) here, as the official read-out does (the loss side
+    multiplies by rsqrt); the two differ only in rounding.
+    """
     z1 = queries @ theta.W1 + theta.b1
     z2 = F.gelu(z1, approximate="tanh") @ theta.W2 + theta.b2
-    y, _, _ = layer_norm(z2, gamma, beta)
-    return y + queries
+    var, mean = torch.var_mean(z2, dim=-1, keepdim=True, unbiased=False)
+    return gamma * ((z2 - mean) / torch.sqrt(var + LN_EPS)) + beta + queries

@@ -22,12 +22,12 @@ padding rows       zero rows padded to a multiple of N take  padding rows have z
                    sigmoid(b_h) * const)
 lag carry-over     first T rows pair with the previous       pairs with the real token T steps
                    call's *padded* tail, mask 1 everywhere;  earlier over all calls; rows without
-                   a previous call shorter than T disables   one are masked
-                   the lag term for the whole call
+                   a shorter previous call follows the       one are masked
+                   released slice literally (docs)
 CG stop            indicator sum alpha p^T b / sqrt(sum      gamma = b^T x / sqrt(x^T G x),
                    r^T r); all heads stop at 75 % stopped    each head on its own
-curvature          B_MLP = sum_t J_t^T J_t                   B_MLP or B_LN, weighted by
-                                                             (1 + lambda m_t), optional damping
+curvature          B_MLP = sum_t J_t^T J_t over all rows     B_MLP or B_LN over real rows,
+                                                             optional damping
 =================  =======================================  ======================================
 """
 
@@ -177,6 +177,9 @@ class TTTMemory(nn.Module):
         v = split(p.wv(x_pad))
         gamma_t, beta_t = p.ttt_norm_weight.view(1, 1, heads, d), p.ttt_norm_bias.view(1, 1, heads, d)
         target = target_layer_norm(v - k, gamma_t, beta_t)
+        official = cfg.compat == "official"
+        if official:  # the released code forms LN(v - k) + k and subtracts k again (rounding in bf16)
+            target = (target + k) - k
 
         valid = (torch.arange(padded, device=x.device) < length).to(x.dtype)
         lag_target = lag_mask = None
@@ -184,14 +187,15 @@ class TTTMemory(nn.Module):
             x_lag, lag_mask = self._lag_inputs(x, x_pad, state)
             k_lag = apply_rope(F.normalize(split(p.lag_linear_key(x_pad)), dim=-1), cis)
             lag_target = target_layer_norm(split(p.lag_linear(x_lag)) - k_lag, gamma_t, beta_t)
+            if official:
+                lag_target = (lag_target + k_lag) - k_lag
 
         logits = torch.einsum("btc,hc->bht", x_pad, p.learnable_ttt_lr_weight[:, 0])
         eta = (1.0 / mb) * (cfg.base_lr * torch.sigmoid(logits + p.learnable_ttt_lr_bias.view(1, heads, 1)) / d)
-        official = cfg.compat == "official"
         curv_weight = None
         if not official:
             eta = eta * valid
-            curv_weight = valid if lag_mask is None else valid * (1.0 + cfg.lag_weight * lag_mask)
+            curv_weight = valid
 
         n_mb = padded // mb
 
@@ -287,17 +291,20 @@ class TTTMemory(nn.Module):
         batch, padded, dim = x_pad.shape
         tail = state.lag_tail
         if self.cfg.compat == "official":
+            clip = min(lag, padded)
             if tail is None:
-                c = min(lag, padded)
-                shifted = torch.cat([x_pad.new_zeros(batch, c, dim), x_pad[:, : padded - c]], dim=1)
-                mask = torch.cat([x_pad.new_zeros(c), x_pad.new_ones(padded - c)])
-            elif tail.shape[1] < lag:
-                shifted, mask = torch.zeros_like(x_pad), x_pad.new_zeros(padded)
-            elif padded >= lag:
-                shifted, mask = torch.cat([tail, x_pad[:, : padded - lag]], dim=1), x_pad.new_ones(padded)
+                shifted = torch.cat([x_pad.new_zeros(batch, clip, dim), x_pad[:, : padded - clip]], dim=1)
+                return shifted, torch.cat([x_pad.new_zeros(clip), x_pad.new_ones(padded - clip)])
+            if tail.shape[1] == lag:
+                carried = tail[:, :clip]
             else:
-                shifted, mask = tail[:, :padded], x_pad.new_ones(padded)
-            return shifted, mask
+                # the tail is the whole previous padded input (P < lag rows); the official slice
+                # prev[:, -lag:P - (lag - clip)] follows Python's negative-index rules
+                carried = tail[:, -lag: tail.shape[1] - (lag - clip)]
+            shifted = torch.cat([carried, x_pad[:, : padded - clip]], dim=1)
+            if shifted.shape[1] != padded:
+                return torch.zeros_like(x_pad), x_pad.new_zeros(padded)
+            return shifted, x_pad.new_ones(padded)
         history = x.new_zeros(batch, 0, dim) if tail is None else tail
         ext = torch.cat([history, x], dim=1)
         t = torch.arange(padded, device=x.device)

@@ -68,26 +68,32 @@ def _lag_pairs(layer: TTTMemory, x: Tensor, padded: int, tail: Tensor | None) ->
     lag = cfg.lag_distance
     batch, length, dim = x.shape
     x_pad = torch.cat([x, x.new_zeros(batch, padded - length, dim)], dim=1)
-    rows, mask = [], []
-    for t in range(padded):
-        if cfg.compat == "official":
-            if tail is not None and tail.shape[1] < lag:
-                src = None
-            elif t >= lag:
-                src = x_pad[:, t - lag]
-            else:
-                src = None if tail is None else tail[:, t]
+    if cfg.compat == "official":
+        clip = min(lag, padded)
+        if tail is None:
+            rows = [None] * clip + [x_pad[:, t - clip] for t in range(clip, padded)]
+            mask = [0.0] * clip + [1.0] * (padded - clip)
         else:
-            hist = 0 if tail is None else tail.shape[1]
-            g = hist + t - lag
-            if t >= length or g < 0:
-                src = None
+            prev_len = tail.shape[1]  # the whole previous padded input when shorter than lag
+            if prev_len == lag:
+                carried = list(range(clip))
             else:
-                src = tail[:, g] if g < hist else x[:, g - hist]
-        rows.append(x.new_zeros(batch, dim) if src is None else src)
-        mask.append(0.0 if src is None else 1.0)
-    if cfg.compat == "official" and tail is not None and tail.shape[1] >= lag:
-        mask = [1.0] * padded
+                start, stop, _ = slice(-lag, prev_len - (lag - clip)).indices(prev_len)
+                carried = list(range(start, stop))
+            if len(carried) + padded - clip != padded:
+                rows, mask = [None] * padded, [0.0] * padded
+            else:
+                rows = [tail[:, i] for i in carried] + [x_pad[:, t - clip] for t in range(clip, padded)]
+                mask = [1.0] * padded
+    else:
+        hist = 0 if tail is None else tail.shape[1]
+        rows, mask = [], []
+        for t in range(padded):
+            g = hist + t - lag
+            src = None if t >= length or g < 0 else (tail[:, g] if g < hist else x[:, g - hist])
+            rows.append(src)
+            mask.append(0.0 if src is None else 1.0)
+    rows = [x.new_zeros(batch, dim) if r is None else r for r in rows]
     return torch.stack(rows, dim=1), torch.tensor(mask, dtype=x.dtype)
 
 
@@ -179,6 +185,8 @@ def naive_forward(layer: TTTMemory, x: Tensor, positions: Tensor, state: TTTStat
     v = heads_of(F.linear(x_pad, p.wv.weight, p.wv.bias))
     gamma, beta = p.ttt_norm_weight, p.ttt_norm_bias
     target = _target_ln(v - k, gamma, beta)
+    if official:
+        target = (target + k) - k
     lag_mask = torch.zeros(padded, dtype=x.dtype)
     lag_target = torch.zeros_like(target)
     if cfg.lag_distance:
@@ -186,12 +194,14 @@ def naive_forward(layer: TTTMemory, x: Tensor, positions: Tensor, state: TTTStat
         k_lag = _rope(F.normalize(heads_of(F.linear(x_pad, p.lag_linear_key.weight, p.lag_linear_key.bias)), dim=-1),
                       positions, d, cfg.rope_theta)
         lag_target = _target_ln(heads_of(F.linear(x_lag, p.lag_linear.weight, p.lag_linear.bias)) - k_lag, gamma, beta)
+        if official:
+            lag_target = (lag_target + k_lag) - k_lag
     eta = torch.sigmoid(torch.einsum("btc,hc->bht", x_pad, p.learnable_ttt_lr_weight[:, 0])
                         + p.learnable_ttt_lr_bias[:, 0][None, :, None]) * cfg.base_lr / d / mb
     valid = (torch.arange(padded) < length).to(x.dtype)
     if not official:
         eta = eta * valid
-    curv_w = torch.ones(padded, dtype=x.dtype) if official else valid * (1 + cfg.lag_weight * lag_mask)
+    curv_w = torch.ones(padded, dtype=x.dtype) if official else valid
 
     g_h, b_h = gamma[:, None, :], beta[:, None, :]
     outs = []
