@@ -263,3 +263,23 @@ class TestBadInput:
         assert TTTConfig.from_dict(cfg.to_dict()) == cfg
         with pytest.raises(ValueError, match="unknown keys"):
             TTTConfig.from_dict({**cfg.to_dict(), "heads": 3})
+
+
+@pytest.mark.parametrize("compat", ["official", "clean"])
+def test_update_step_has_no_host_synchronisation(compat):
+    """The whole update-then-read step, CG early stop included, traces as one graph (no .item(), no
+    data-dependent Python branch), so it can be compiled or captured in a CUDA graph."""
+    from avmem.memory.ttt.layer import MiniBatches
+
+    layer = TTTMemory(TTTConfig(dim=32, num_heads=2, mini_batch=8, lag_distance=8, update="hf", compat=compat))
+    fast = layer.init_state(2).fast
+    mb = MiniBatches(
+        q=torch.randn(2, 2, 8, 16), k=torch.randn(2, 2, 8, 16), target=torch.randn(2, 2, 8, 16),
+        eta=torch.rand(2, 2, 8, 1), valid=torch.ones(1, 1, 8, 1), lag_target=torch.randn(2, 2, 8, 16),
+        lag_mask=torch.ones(1, 1, 8, 1), curv_weight=None if compat == "official" else torch.ones(1, 1, 8, 1),
+    )
+    compiled = torch.compile(layer._mini_batch, fullgraph=True, backend="eager")
+    got, ref = compiled(fast, mb), layer._mini_batch(fast, mb)
+    torch.testing.assert_close(got[1], ref[1])
+    for a, b in zip(got[0].tensors(), ref[0].tensors()):
+        torch.testing.assert_close(a, b)
