@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -109,7 +109,7 @@ def run_demo(settings: DemoSettings, on_row: Callable[[DemoRow], None] | None = 
     with tempfile.TemporaryDirectory() as tmp:
         path = clip or write_test_pattern_clip(Path(tmp) / "demo.mp4", settings.seconds, seed=settings.seed)
         t0 = time.perf_counter()
-        state, memory, pending, next_report = None, None, [], 10.0
+        state, memory, next_report = None, None, 10.0
         frames = list(_batched(sample_frames(path, fps=1.0), settings.frames_per_call))
         frame_times = [t for batch in frames for t, _ in batch]
         with torch.no_grad():

@@ -57,6 +57,30 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
+def measure(update: str, args: argparse.Namespace, x: torch.Tensor, pos: torch.Tensor, device: torch.device,
+            dtype: torch.dtype) -> tuple[str, float, float, float, float]:
+    """(update, analytic GFLOP, fwd ms, fwd+bwd ms, peak MiB) for one update rule."""
+    cfg = TTTConfig(dim=args.dim, num_heads=args.heads, hidden_mult=args.hidden_mult, mini_batch=args.mini_batch,
+                    update=update, cg_iters=args.cg_iters, lag_distance=args.mini_batch, compat=args.compat)
+    layer = TTTMemory(cfg).to(device=device, dtype=dtype)
+
+    def fwd() -> None:
+        with torch.no_grad():
+            layer(x, pos)
+
+    def fwd_bwd() -> None:
+        layer.zero_grad(set_to_none=True)
+        y, state = layer(x, pos)
+        (y.float().square().mean() + state.fast.W1.float().square().mean()).backward()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t_f = timed(fwd, device, args.repeats)
+    t_fb = float("nan") if args.no_backward else timed(fwd_bwd, device, args.repeats)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    return update, flops(cfg, args.tokens, update) / 1e9, t_f, t_fb, peak
+
+
 def main() -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,29 +109,7 @@ def main() -> None:
     print(f"TTT layer, {name}, {args.dtype}: dim={args.dim}, heads={args.heads}, hidden_mult={args.hidden_mult}, "
           f"mini_batch={args.mini_batch}, tokens={args.tokens}, cg_iters={args.cg_iters}, compat={args.compat}, "
           f"torch {torch.__version__}\n")
-    rows = []
-    for update in args.updates.split(","):
-        cfg = TTTConfig(dim=args.dim, num_heads=args.heads, hidden_mult=args.hidden_mult, mini_batch=args.mini_batch,
-                        update=update, cg_iters=args.cg_iters, lag_distance=args.mini_batch, compat=args.compat)
-        layer = TTTMemory(cfg).to(device=device, dtype=dtype)
-        gflop = flops(cfg, args.tokens, update) / 1e9
-
-        def fwd():
-            with torch.no_grad():
-                layer(x, pos)
-
-        def fwd_bwd():
-            layer.zero_grad(set_to_none=True)
-            y, state = layer(x, pos)
-            (y.float().square().mean() + state.fast.W1.float().square().mean()).backward()
-
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        t_f = timed(fwd, device, args.repeats)
-        t_fb = float("nan") if args.no_backward else timed(fwd_bwd, device, args.repeats)
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-        rows.append((update, gflop, t_f, t_fb, peak))
-        del layer
+    rows = [measure(update, args, x, pos, device, dtype) for update in args.updates.split(",")]
 
     base = {r[0]: r for r in rows}.get("sgd", rows[0])
     print("| update | GFLOP fwd | fwd ms | fwd GFLOP/s | fwd / sgd | fwd+bwd ms | fwd+bwd GFLOP/s (3x fwd) "

@@ -16,7 +16,7 @@ Two stop rules (Algorithm 1 of seed 001 keeps the iterate before the indicator b
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -16,8 +16,8 @@ The derivations are in ``docs/ttt_math.md``; ``tests/test_ttt_math.py`` checks t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Callable
+from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -54,10 +54,6 @@ class FastWeights:
     def __sub__(self, other: "FastWeights") -> "FastWeights":
         return self.zip_map(other, torch.sub)
 
-    def scale(self, s: Tensor) -> "FastWeights":
-        """Multiply every tensor by a per-task scalar s [B, H, 1, 1]."""
-        return self.map(lambda t: t * s)
-
     def axpy(self, s: Tensor, other: "FastWeights") -> "FastWeights":
         """self + s * other, with s per task [B, H, 1, 1]."""
         return self.zip_map(other, lambda a, b: a + s * b)
@@ -70,9 +66,6 @@ class FastWeights:
 
     def numel_per_task(self) -> int:
         return sum(t.shape[-2] * t.shape[-1] for t in self.tensors())
-
-
-FAST_WEIGHT_NAMES = tuple(f.name for f in fields(FastWeights))
 
 
 @dataclass

@@ -34,7 +34,7 @@ curvature          B_MLP = sum_t J_t^T J_t over all rows     B_MLP or B_LN over 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F

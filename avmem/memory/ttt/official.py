@@ -9,7 +9,7 @@ infix removed, or kept by custom saves). :class:`~avmem.memory.ttt.TTTMemory` us
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from torch import Tensor
 
