@@ -1,0 +1,188 @@
+"""The streaming audio-visual model: backbone + TTT memory + audio encoder, and how to load one.
+
+    vision tower (per 2-frame temporal patch) -> TTT memory (main features only) -> video token bank
+    Whisper + window Q-Former (2 tokens/s)                                      -> audio token bank
+    banks + timestamps + question -> LLM (kept tokens at their original positions) -> answer
+
+Loading (:func:`load_model`):
+
+* ``"tiny-qwen3-vl"`` / ``"tiny-qwen2.5-vl"``: tiny *randomly initialised* models of the real
+  ``transformers`` classes (tests, synthetic training). Built once into a cache folder.
+* a folder written by :meth:`AVMemModel.save_pretrained` (``avmem.json`` + ``backbone/`` +
+  ``ttt.safetensors`` / ``audio.safetensors``): every tensor must be present.
+* a plain Qwen2.5-VL / Qwen3-VL folder or hub id: the backbone only. Untrained TTT or audio weights are
+  never used, so TTT and audio are off unless you pass trained weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .backbones.qwen import QwenVLBackbone, backbone_class
+from .backbones.tiny import save_tiny_backbone
+from .memory.ttt import TTTConfig, TTTMemory
+
+TINY_PRESETS = {"tiny-qwen3-vl": "qwen3_vl", "tiny-qwen2.5-vl": "qwen2_5_vl"}
+MODEL_FILE = "avmem.json"
+
+
+@dataclass
+class ModelSpec:
+    """What an avmem model folder holds (``avmem.json``)."""
+
+    backbone_type: str
+    ttt: dict | None = None
+    audio: dict | None = None
+    random_weights: bool = False
+    format: str = "avmem-model/1"
+
+
+@dataclass
+class AVMemModel:
+    """Backbone adapter + optional TTT memory + optional audio encoder.
+
+    Attributes:
+        backbone: the Qwen adapter (vision tower, embeddings, generation).
+        ttt: the TTT memory on video tokens, or None (memory = token bank only).
+        audio: the audio encoder (``encode(samples) -> [n, D]``), or None (video only).
+        spec: what was loaded; ``random_weights`` marks presets that are not trained.
+        source: the path or id it was loaded from.
+    """
+
+    backbone: QwenVLBackbone
+    ttt: TTTMemory | None
+    audio: object | None
+    spec: ModelSpec
+    source: str = ""
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.backbone.hidden_size
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write backbone, TTT and audio weights and ``avmem.json`` to ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.backbone.model.save_pretrained(path / "backbone")
+        self.backbone.tokenizer.save_pretrained(path / "backbone")
+        pre = {"image_mean": list(self.backbone.vision.mean), "image_std": list(self.backbone.vision.std)}
+        (path / "backbone" / "preprocessor_config.json").write_text(json.dumps(pre))
+        if self.ttt is not None:
+            save_file({k: v.contiguous() for k, v in self.ttt.state_dict().items()}, path / "ttt.safetensors")
+        if self.audio is not None:
+            save_file({k: v.contiguous() for k, v in self.audio.state_dict().items()}, path / "audio.safetensors")
+        (path / MODEL_FILE).write_text(json.dumps(asdict(self.spec), indent=2))
+        return path
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("AVMEM_CACHE", Path.home() / ".cache" / "avmem"))
+
+
+def _tiny_ttt_config(dim: int) -> TTTConfig:
+    return TTTConfig(dim=dim, num_heads=4, hidden_mult=1, mini_batch=64, base_lr=0.1, update="hf",
+                     lag_distance=64, compat="clean")
+
+
+def _build_tiny(kind: str, device: str | torch.device, seed: int) -> AVMemModel:
+    folder = _cache_dir() / f"tiny-{kind}-seed{seed}"
+    if not (folder / "config.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        save_tiny_backbone(folder, kind, seed=seed)
+    backbone = backbone_class(kind).from_pretrained(folder, need_audio=True, dtype=torch.float32, device=device)
+    torch.manual_seed(seed)
+    ttt_cfg = _tiny_ttt_config(backbone.hidden_size)
+    ttt = TTTMemory(ttt_cfg).to(device)
+    audio = _make_audio(_tiny_audio_config(backbone.hidden_size), device)
+    spec = ModelSpec(backbone_type=kind, ttt=ttt_cfg.to_dict(), audio=_audio_config_to_dict(audio),
+                     random_weights=True)
+    return AVMemModel(backbone=backbone, ttt=ttt, audio=audio, spec=spec, source=f"tiny-{kind}")
+
+
+def _tiny_audio_config(llm_dim: int):
+    from .encoders.audio import tiny_audio_encoder_config
+
+    return tiny_audio_encoder_config(llm_dim)
+
+
+def _make_audio(config, device):
+    from .encoders.audio import AudioEncoder
+
+    return AudioEncoder(config).to(device).eval()
+
+
+def _audio_config_to_dict(audio) -> dict:
+    return audio.config.to_dict()
+
+
+def _audio_config_from_dict(data: dict):
+    from .encoders.audio import AudioEncoderConfig
+
+    return AudioEncoderConfig.from_dict(data)
+
+
+def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+               seed: int = 0) -> AVMemModel:
+    """Load a model from a preset name, an avmem folder, or a Qwen2.5-VL / Qwen3-VL folder or hub id.
+
+    Raises:
+        ValueError: unknown preset, unreadable folder, missing or mis-shaped tensors.
+    """
+    name = str(source)
+    if name in TINY_PRESETS:
+        return _build_tiny(TINY_PRESETS[name], device, seed)
+    if name.startswith("tiny-"):
+        raise ValueError(f"unknown preset '{name}' (choose from {sorted(TINY_PRESETS)})")
+    path = Path(name)
+    if (path / MODEL_FILE).is_file():
+        return _load_avmem_folder(path, device, dtype)
+    if path.exists() and not (path / "config.json").is_file():
+        raise ValueError(f"{path}: not a model folder (no {MODEL_FILE} and no config.json)")
+    model_type = _model_type(name)
+    backbone = backbone_class(model_type).from_pretrained(name, need_audio=False, dtype=dtype, device=device)
+    return AVMemModel(backbone=backbone, ttt=None, audio=None, spec=ModelSpec(backbone_type=model_type), source=name)
+
+
+def _model_type(name: str) -> str:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name).model_type
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{name}: cannot read a model config ({str(exc).splitlines()[0]})") from None
+
+
+def _load_avmem_folder(path: Path, device, dtype) -> AVMemModel:
+    try:
+        spec = ModelSpec(**json.loads((path / MODEL_FILE).read_text()))
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path / MODEL_FILE}: not a valid avmem model file ({exc})") from None
+    backbone = backbone_class(spec.backbone_type).from_pretrained(
+        path / "backbone", need_audio=spec.audio is not None, dtype=dtype, device=device)
+    ttt = None
+    if spec.ttt is not None:
+        ttt = TTTMemory.from_official_state_dict(_tensors(path / "ttt.safetensors"), TTTConfig.from_dict(spec.ttt))
+        ttt = ttt.to(device=device, dtype=backbone.dtype)
+    audio = None
+    if spec.audio is not None:
+        audio = _make_audio(_audio_config_from_dict(spec.audio), device)
+        audio.load_official_state_dict(_tensors(path / "audio.safetensors"))
+        audio = audio.to(dtype=backbone.dtype)
+    return AVMemModel(backbone=backbone, ttt=ttt, audio=audio, spec=spec, source=str(path))
+
+
+def _tensors(file: Path) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise ValueError(f"{file}: missing weights file")
+    return load_file(str(file))

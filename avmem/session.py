@@ -1,0 +1,476 @@
+"""StreamSession: feed a stream, ask questions at any time, save and restore the memory exactly.
+
+Memory layout (video-SALMONN S, reference §1.5-§1.6): frames at ``fps`` are grouped in temporal patches
+of 2 frames; each patch contributes Hm*Wm video tokens (after the TTT memory) and, with audio, the
+audio tokens of its time span (2 per second). At question time the prompt is
+
+    <|im_start|>user\\n  { <ts seconds><|vision_start|> kept video tokens  kept audio tokens <|vision_end|> }*
+    \\n question <|im_end|>\\n<|im_start|>assistant\\n
+
+with one wrapper per temporal patch that still holds tokens (the released code keeps every wrapper,
+so its context grows with the video; we keep the context bounded). Every kept token keeps the
+multimodal RoPE position it has in the full, uncompressed layout (text tokens advance t=h=w by one;
+a patch's video block sits at (p, p + row, p + col) and advances p by max(Hm, Wm)).
+
+Asking never changes the memory: pending frames and audio are absorbed into a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .memory.bank import (
+    BankState,
+    CompressionPolicy,
+    NextSimilarityDiscard,
+    PreviousSimilarityDiscard,
+    SegmentMerge,
+    TokenBank,
+)
+from .memory.ttt import TTTState, official_positions
+from .model import AVMemModel
+
+SESSION_FORMAT = "avmem-session/1"
+AUDIO_RATE = 16000
+AUDIO_TOKENS_PER_SECOND = 2
+POLICIES: dict[str, type[CompressionPolicy]] = {
+    "discard": NextSimilarityDiscard,
+    "discard-prev": PreviousSimilarityDiscard,
+    "merge": SegmentMerge,
+}
+
+
+@dataclass
+class SessionSettings:
+    """Memory and reading settings of a session.
+
+    Attributes:
+        fps: frames per second taken from the stream.
+        max_pixels / min_pixels: per-frame pixel budget (360p-class default, the released 420^2).
+        video_tokens / audio_tokens: capacities of the two token memories.
+        use_audio: absorb audio (needs a model with an audio encoder).
+        use_ttt: pass video tokens through the TTT memory (needs a model with one).
+        video_policy / audio_policy: "discard" (paper), "discard-prev" (released video rule), "merge"
+            (released audio averaging).
+        bank_step: absorb this many new tokens per compression (released: 4096).
+        chunk_frames: frames per vision/TTT call (released: 128 = 64 temporal patches).
+        max_new_tokens: answer length limit.
+    """
+
+    fps: float = 1.0
+    max_pixels: int = 176400
+    min_pixels: int = 784
+    video_tokens: int = 16384
+    audio_tokens: int = 4096
+    use_audio: bool = True
+    use_ttt: bool = True
+    video_policy: str = "discard"
+    audio_policy: str = "merge"
+    bank_step: int | None = 4096
+    chunk_frames: int = 128
+    max_new_tokens: int = 64
+
+    def check(self, model: AVMemModel) -> None:
+        """Raise ValueError naming the first bad setting."""
+        if not (0 < self.fps <= 30):
+            raise ValueError(f"fps must be in (0, 30], got {self.fps}")
+        if not (self.min_pixels >= 1 and self.max_pixels >= self.min_pixels and self.max_pixels <= 4096 * 4096):
+            raise ValueError(f"pixel budget must satisfy 1 <= min_pixels <= max_pixels <= 4096^2, "
+                             f"got {self.min_pixels}, {self.max_pixels}")
+        for name in ("video_tokens", "audio_tokens", "chunk_frames", "max_new_tokens"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.chunk_frames % 2:
+            raise ValueError(f"chunk_frames must be even (2 frames per temporal patch), got {self.chunk_frames}")
+        for name in ("video_policy", "audio_policy"):
+            if getattr(self, name) not in POLICIES:
+                raise ValueError(f"{name} must be one of {sorted(POLICIES)}, got {getattr(self, name)!r}")
+        if self.use_audio and model.audio is None:
+            raise ValueError("this model has no audio encoder: use use_audio=False (--no-audio)")
+        if self.use_ttt and model.ttt is None:
+            raise ValueError("this model has no trained TTT memory: use use_ttt=False (--no-ttt)")
+
+
+@dataclass
+class PatchRecord:
+    """One temporal patch: its timestamp text, merged grid and first global video-token id."""
+
+    time: float
+    grid_hw: tuple[int, int]
+    first_id: int
+    ts_ids: tuple[int, ...]
+
+    @property
+    def n_video(self) -> int:
+        return self.grid_hw[0] * self.grid_hw[1]
+
+
+@dataclass
+class SessionStats:
+    """Telemetry (``StreamSession.stats()``)."""
+
+    frames: int = 0
+    seconds: float = 0.0
+    audio_seconds: float = 0.0
+    video_tokens_in: int = 0
+    audio_tokens_in: int = 0
+    video_tokens_held: int = 0
+    audio_tokens_held: int = 0
+    memory_bytes: int = 0
+    drops: int = 0
+    frames_per_second: float = 0.0
+    questions: int = 0
+
+
+@dataclass
+class SessionState:
+    """Everything a session carries (saved and restored exactly)."""
+
+    ttt: TTTState | None = None
+    video: BankState | None = None
+    audio: BankState | None = None
+    patches: list[PatchRecord] = field(default_factory=list)
+    pending_frames: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    pending_audio: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    audio_start: float | None = None
+    video_ids: int = 0
+    audio_ids: int = 0
+    frames: int = 0
+    last_time: float | None = None
+    drops: int = 0
+
+
+class StreamSession:
+    """A live memory over one stream.
+
+    Example::
+
+        s = StreamSession(load_model("tiny-qwen3-vl"), video_tokens=2048)
+        s.feed_file("talk.mp4")
+        print(s.ask("What did the speaker say about X?"))
+    """
+
+    def __init__(self, model: AVMemModel, settings: SessionSettings | None = None, **overrides) -> None:
+        settings = replace(settings or SessionSettings(), **overrides)
+        settings.check(model)
+        self.model = model
+        self.settings = settings
+        self.state = SessionState()
+        self._busy_seconds = 0.0
+        self._video_bank = TokenBank(settings.video_tokens, POLICIES[settings.video_policy](), settings.bank_step)
+        self._audio_bank = TokenBank(settings.audio_tokens, POLICIES[settings.audio_policy](), settings.bank_step)
+        self._questions = 0
+
+    # feeding -----------------------------------------------------------------------------------------
+
+    def feed(self, frames: np.ndarray | list[np.ndarray] | None = None, t: float | list[float] | None = None,
+             audio: np.ndarray | None = None, audio_rate: int = AUDIO_RATE, audio_t: float | None = None) -> None:
+        """Add frames (RGB uint8 [H, W, 3], or a list/array [N, H, W, 3]) at times ``t`` (seconds, increasing)
+        and/or mono audio samples at ``audio_rate`` (starting at ``audio_t``, default: right after the
+        audio fed so far). Frames are taken as already sampled at the session's rate.
+        """
+        start = time.perf_counter()
+        if frames is not None:
+            frames_list = [frames] if isinstance(frames, np.ndarray) and frames.ndim == 3 else list(frames)
+            times = [t] if not isinstance(t, (list, tuple, np.ndarray)) else list(t)
+            if t is None or len(times) != len(frames_list):
+                raise ValueError(f"feed: {len(frames_list)} frames need as many times t, got {t!r}")
+            for ft, frame in zip(times, frames_list):
+                self._add_frame(float(ft), frame)
+        if audio is not None:
+            self._add_audio(audio, audio_rate, audio_t)
+        self._busy_seconds += time.perf_counter() - start
+
+    def feed_file(self, path: str | Path, progress=None) -> None:
+        """Decode a local file (or URL) at the session's fps and feed its frames and audio."""
+        from .media import AudioChunk, FileSource, VideoFrame
+
+        factor = self.model.backbone.vision.factor
+        source = FileSource(path, fps=self.settings.fps, max_pixels=self.settings.max_pixels,
+                            min_pixels=self.settings.min_pixels, factor=factor, audio=self.settings.use_audio)
+        for item in source:
+            if isinstance(item, VideoFrame):
+                self.feed(frames=item.image, t=item.t)
+            elif isinstance(item, AudioChunk):
+                self.feed(audio=item.samples, audio_t=item.t)
+            if progress is not None:
+                progress(item)
+
+    def _add_frame(self, t: float, frame: np.ndarray) -> None:
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"feed: frames must be uint8 [H, W, 3], got {getattr(frame, 'dtype', type(frame))} "
+                             f"{list(getattr(frame, 'shape', []))}")
+        h, w = frame.shape[:2]
+        if min(h, w) < 2 or max(h, w) > 16384:
+            raise ValueError(f"feed: absurd frame size {h}x{w}")
+        if not math.isfinite(t) or t < 0:
+            raise ValueError(f"feed: frame time must be a finite number >= 0, got {t}")
+        st = self.state
+        if st.last_time is not None and t <= st.last_time:
+            raise ValueError(f"feed: frame times must increase (got {t} after {st.last_time})")
+        if st.pending_frames and st.pending_frames[0][1].shape != frame.shape:
+            self.state = self._absorb(self.state, flush=True)
+            st = self.state
+        st.pending_frames.append((t, frame))
+        st.last_time = t
+        st.frames += 1
+        if len(st.pending_frames) >= self.settings.chunk_frames:
+            self.state = self._absorb(st, flush=False)
+
+    def _add_audio(self, samples: np.ndarray, rate: int, start: float | None) -> None:
+        if not self.settings.use_audio:
+            return
+        samples = np.asarray(samples)
+        if samples.ndim != 1 or not np.issubdtype(samples.dtype, np.floating):
+            raise ValueError(f"feed: audio must be mono float samples [n], got {samples.dtype} {list(samples.shape)}")
+        if not np.isfinite(samples).all():
+            raise ValueError("feed: audio contains NaN or Inf")
+        if rate != AUDIO_RATE:
+            from .media import resample_audio
+
+            samples = resample_audio(samples, rate, AUDIO_RATE)
+        st = self.state
+        if st.audio_start is None:
+            st.audio_start = 0.0 if start is None else float(start)
+        elif start is not None:
+            expected = st.audio_start + (st.audio_ids / AUDIO_TOKENS_PER_SECOND) + len(st.pending_audio) / AUDIO_RATE
+            gap = int(round((float(start) - expected) * AUDIO_RATE))
+            if gap > 0:
+                samples = np.concatenate([np.zeros(gap, dtype=np.float32), samples])
+            elif gap < 0:
+                samples = samples[-gap:]
+        st.pending_audio = np.concatenate([st.pending_audio, samples.astype(np.float32)])
+        piece = 30 * AUDIO_RATE
+        if len(st.pending_audio) >= piece:
+            n = len(st.pending_audio) // piece * piece
+            self._encode_audio(st, st.pending_audio[:n])
+            st.pending_audio = st.pending_audio[n:]
+
+    # memory updates ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _absorb(self, st: SessionState, flush: bool) -> SessionState:
+        """Run vision + TTT on the pending frames (all of them if ``flush``) and update the video bank."""
+        frames = st.pending_frames
+        n = len(frames) if flush else len(frames) // 2 * 2
+        if n == 0:
+            return st
+        batch, st.pending_frames = frames[:n], frames[n:]
+        model = self.model
+        patches = model.backbone.encode_frames(np.stack([f for _, f in batch]))
+        times = [t for t, _ in batch] + [batch[-1][0]]
+        main = torch.cat([p.tokens for p in patches])
+        hm, wm = patches[0].grid_hw
+        if self.settings.use_ttt:
+            start = st.video_ids
+            padded = -(-main.shape[0] // model.ttt.cfg.mini_batch) * model.ttt.cfg.mini_batch
+            pos = official_positions((hm, wm), start, padded).to(main.device)
+            y, st.ttt = model.ttt(main[None].to(model.ttt.dtype), pos, st.ttt)
+            main = y[0].to(main.dtype)
+        feats = main[:, None]
+        if patches[0].deepstack is not None:
+            feats = torch.cat([feats, torch.cat([p.deepstack for p in patches])], dim=1)
+        ids = torch.arange(st.video_ids, st.video_ids + main.shape[0], device=main.device)
+        for i, _ in enumerate(patches):
+            ts = (times[2 * i] + times[min(2 * i + 1, len(batch) - 1)]) / 2
+            st.patches.append(PatchRecord(time=ts, grid_hw=(hm, wm), first_id=st.video_ids + i * hm * wm,
+                                          ts_ids=tuple(self._text_ids(f"<{ts:.1f} seconds>"))))
+        st.video_ids += main.shape[0]
+        st.video = self._video_bank.append(st.video, feats, ids)
+        return st
+
+    @torch.no_grad()
+    def _encode_audio(self, st: SessionState, samples: np.ndarray) -> None:
+        tokens = self.model.audio.encode(samples)
+        tokens = tokens.to(self.model.backbone.dtype)
+        ids = torch.arange(st.audio_ids, st.audio_ids + tokens.shape[0], device=tokens.device)
+        st.audio_ids += tokens.shape[0]
+        st.audio = self._audio_bank.append(st.audio, tokens, ids)
+
+    def _flushed(self) -> SessionState:
+        """A copy of the state with all pending frames and audio absorbed (the state itself is unchanged)."""
+        st = copy.copy(self.state)
+        st.patches = list(st.patches)
+        st.pending_frames = list(st.pending_frames)
+        st = self._absorb(st, flush=True)
+        if self.settings.use_audio and len(st.pending_audio):
+            self._encode_audio(st, st.pending_audio)
+            st.pending_audio = np.zeros(0, dtype=np.float32)
+        return st
+
+    # asking ------------------------------------------------------------------------------------------
+
+    def _text_ids(self, text: str) -> list[int]:
+        return self.model.backbone.tokenizer(text, add_special_tokens=False).input_ids
+
+    @torch.no_grad()
+    def ask(self, question: str, max_new_tokens: int | None = None) -> str:
+        """Answer ``question`` from the memory (greedy decoding)."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("ask: the question must be a non-empty string")
+        st = self._flushed()
+        if not st.patches and st.audio is None:
+            raise ValueError("ask: nothing has been fed yet")
+        embeds, positions, visual_mask, deepstack = self._prompt(st, question)
+        out = self.model.backbone.generate(embeds, positions, visual_mask, deepstack,
+                                           max_new_tokens or self.settings.max_new_tokens)
+        self._questions += 1
+        return self.model.backbone.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+    def _prompt(self, st: SessionState, question: str) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Input embeddings [L, D], positions [3, L], visual mask [L], deepstack [k, n_visual, D]."""
+        bb = self.model.backbone
+        tok = bb.tokens
+        device = bb.device
+        pieces: list[Tensor] = []
+        positions: list[Tensor] = []
+        visual: list[Tensor] = []
+        deep: list[Tensor] = []
+
+        def add_text(ids: list[int], pos: int) -> int:
+            if ids:
+                pieces.append(bb.embed(torch.tensor(ids)))
+                positions.append(torch.arange(pos, pos + len(ids)).view(1, -1).expand(3, -1))
+                visual.append(torch.zeros(len(ids), dtype=torch.bool))
+            return pos + len(ids)
+
+        pos = add_text([tok.im_start] + self._text_ids("user\n"), 0)
+        v_ids = st.video.ids.cpu() if st.video is not None else torch.zeros(0, dtype=torch.long)
+        a_ids = st.audio.ids.cpu() if st.audio is not None else torch.zeros(0, dtype=torch.long)
+        patch_seconds = 2.0 / self.settings.fps
+        a_patch = torch.floor(a_ids.double() / AUDIO_TOKENS_PER_SECOND / patch_seconds).long()
+        a_patch = a_patch.clamp(max=max(len(st.patches) - 1, 0))  # the last patch takes the remainder
+        a_counts = self._audio_counts(st, len(st.patches))
+        v_start = torch.tensor([p.first_id for p in st.patches] + [st.video_ids])
+        v_patch = torch.searchsorted(v_start, v_ids, right=True) - 1
+        for k, rec in enumerate(st.patches):
+            v_sel = (v_patch == k).nonzero().flatten()
+            a_sel = (a_patch == k).nonzero().flatten()
+            hm, wm = rec.grid_hw
+            n_audio = a_counts[k]
+            if len(v_sel) == 0 and len(a_sel) == 0:
+                pos += len(rec.ts_ids) + 2 + max(hm, wm) + n_audio
+                continue
+            pos = add_text(list(rec.ts_ids) + [tok.vision_start], pos)
+            if len(v_sel):
+                local = v_ids[v_sel] - rec.first_id
+                rows, cols = local // wm, local % wm
+                pieces.append(st.video.tokens[v_sel.to(st.video.tokens.device), 0].to(device))
+                positions.append(torch.stack([torch.full_like(rows, pos), pos + rows, pos + cols]))
+                visual.append(torch.ones(len(v_sel), dtype=torch.bool))
+                if st.video.tokens.shape[1] > 1:
+                    deep.append(st.video.tokens[v_sel.to(st.video.tokens.device), 1:].to(device))
+            pos += max(hm, wm)
+            if len(a_sel):
+                first_audio = int(sum(a_counts[:k]))
+                local = a_ids[a_sel] - first_audio
+                pieces.append(st.audio.tokens[a_sel.to(st.audio.tokens.device)].to(device))
+                positions.append((pos + local).view(1, -1).expand(3, -1))
+                visual.append(torch.zeros(len(a_sel), dtype=torch.bool))
+            pos += n_audio
+            pos = add_text([tok.vision_end], pos)
+        if len(st.patches) == 0 and len(a_ids):
+            pieces.append(st.audio.tokens.to(device))
+            positions.append((pos + torch.arange(len(a_ids))).view(1, -1).expand(3, -1))
+            visual.append(torch.zeros(len(a_ids), dtype=torch.bool))
+            pos += int(st.audio_ids)
+        tail = self._text_ids("\n" + question.strip()) + [tok.im_end] + self._text_ids("\n")
+        tail += [tok.im_start] + self._text_ids("assistant\n")
+        add_text(tail, pos)
+        embeds = torch.cat([p.to(bb.dtype) for p in pieces])
+        mask = torch.cat(visual)
+        deepstack = torch.cat(deep).permute(1, 0, 2).contiguous() if deep else None
+        return embeds, torch.cat(positions, dim=1), (mask if deepstack is not None else None), deepstack
+
+    def _audio_counts(self, st: SessionState, n_patches: int) -> list[int]:
+        """Audio tokens in each temporal patch's time span (the last patch takes the remainder)."""
+        counts = [0] * n_patches
+        if n_patches == 0:
+            return counts
+        per_patch = int(round(AUDIO_TOKENS_PER_SECOND * 2.0 / self.settings.fps))
+        total = st.audio_ids
+        for k in range(n_patches):
+            counts[k] = min(per_patch, max(0, total - k * per_patch))
+        counts[-1] += max(0, total - n_patches * per_patch)
+        return counts
+
+    # telemetry and persistence ----------------------------------------------------------------------
+
+    def stats(self) -> SessionStats:
+        st = self.state
+        mem = sum(b.nbytes for b in (st.video, st.audio) if b is not None)
+        if st.ttt is not None:
+            mem += sum(t.numel() * t.element_size() for t in st.ttt.tensors().values())
+        seconds = 0.0 if st.last_time is None else st.last_time + 1.0 / self.settings.fps
+        return SessionStats(
+            frames=st.frames, seconds=seconds,
+            audio_seconds=st.audio_ids / AUDIO_TOKENS_PER_SECOND + len(st.pending_audio) / AUDIO_RATE,
+            video_tokens_in=st.video_ids, audio_tokens_in=st.audio_ids,
+            video_tokens_held=0 if st.video is None else len(st.video),
+            audio_tokens_held=0 if st.audio is None else len(st.audio),
+            memory_bytes=mem, drops=st.drops,
+            frames_per_second=st.frames / self._busy_seconds if self._busy_seconds > 0 else 0.0,
+            questions=self._questions,
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the whole memory state (exact round trip with :meth:`load`)."""
+        st = self.state
+        tensors: dict[str, Tensor] = {}
+        if st.ttt is not None:
+            tensors.update({f"ttt.{k}": v.detach().cpu() for k, v in st.ttt.tensors().items()})
+        for name, bank in (("video", st.video), ("audio", st.audio)):
+            if bank is not None:
+                tensors[f"{name}.tokens"] = bank.tokens.detach().cpu()
+                tensors[f"{name}.ids"] = bank.ids.cpu()
+        if st.pending_frames:
+            tensors["pending.frames"] = torch.from_numpy(np.stack([f for _, f in st.pending_frames]))
+        tensors["pending.audio"] = torch.from_numpy(st.pending_audio.copy())
+        meta = {
+            "format": SESSION_FORMAT, "settings": asdict(self.settings), "model": self.model.source,
+            "patches": [[p.time, p.grid_hw[0], p.grid_hw[1], p.first_id, list(p.ts_ids)] for p in st.patches],
+            "pending_times": [t for t, _ in st.pending_frames], "audio_start": st.audio_start,
+            "video_ids": st.video_ids, "audio_ids": st.audio_ids, "frames": st.frames,
+            "last_time": st.last_time, "drops": st.drops,
+        }
+        path = Path(path)
+        torch.save({"meta": meta, "tensors": tensors}, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model: AVMemModel) -> "StreamSession":
+        """Restore a session saved by :meth:`save` onto ``model``."""
+        try:
+            blob = torch.load(Path(path), weights_only=True, map_location="cpu")
+            meta, tensors = blob["meta"], blob["tensors"]
+        except Exception as exc:  # torch raises many types for foreign files
+            raise ValueError(f"{path}: not an avmem session file ({type(exc).__name__})") from None
+        if meta.get("format") != SESSION_FORMAT:
+            raise ValueError(f"{path}: unsupported session format {meta.get('format')!r}")
+        session = cls(model, SessionSettings(**meta["settings"]))
+        device = model.device
+        st = session.state
+        if "ttt.fast.W1" in tensors:
+            ttt_tensors = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ttt.")}
+            st.ttt = TTTState.from_tensors(ttt_tensors)
+        for name in ("video", "audio"):
+            if f"{name}.tokens" in tensors:
+                bank = BankState(tokens=tensors[f"{name}.tokens"].to(device), ids=tensors[f"{name}.ids"].to(device))
+                setattr(st, name, bank)
+        st.patches = [PatchRecord(time=p[0], grid_hw=(int(p[1]), int(p[2])), first_id=int(p[3]), ts_ids=tuple(p[4]))
+                      for p in meta["patches"]]
+        if "pending.frames" in tensors:
+            st.pending_frames = list(zip(meta["pending_times"], list(tensors["pending.frames"].numpy())))
+        st.pending_audio = tensors["pending.audio"].numpy()
+        st.audio_start = meta["audio_start"]
+        st.video_ids, st.audio_ids, st.frames = meta["video_ids"], meta["audio_ids"], meta["frames"]
+        st.last_time, st.drops = meta["last_time"], meta["drops"]
+        return session
