@@ -81,7 +81,8 @@ class AVMemModel:
         if self.ttt is not None:
             save_file({k: v.contiguous() for k, v in self.ttt.state_dict().items()}, path / "ttt.safetensors")
         if self.audio is not None:
-            save_file({k: v.contiguous() for k, v in self.audio.state_dict().items()}, path / "audio.safetensors")
+            tensors = self.audio.official_state_dict(prefix="")
+            save_file({k: v.contiguous() for k, v in tensors.items()}, path / "audio.safetensors")
         (path / MODEL_FILE).write_text(json.dumps(asdict(self.spec), indent=2))
         return path
 
@@ -123,7 +124,7 @@ def _make_audio(config, device):
 
 
 def _audio_config_to_dict(audio) -> dict:
-    return audio.config.to_dict()
+    return audio.audio_config.to_dict()
 
 
 def _audio_config_from_dict(data: dict):

@@ -1,0 +1,142 @@
+"""StreamSession on tiny random Qwen2.5-VL / Qwen3-VL models: memory bounds, positions, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avmem.model import load_model
+from avmem.session import SessionSettings, StreamSession
+
+PRESETS = ["tiny-qwen3-vl", "tiny-qwen2.5-vl"]
+
+
+@pytest.fixture(scope="module", params=PRESETS)
+def model(request, tmp_path_factory):
+    import os
+
+    os.environ.setdefault("AVMEM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    return load_model(request.param)
+
+
+def frames(n: int, seed: int = 0, size=(64, 96)) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (*size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def tone(seconds: float, freq: float = 440.0, rate: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_memory_never_exceeds_budgets_and_counts_tokens(model):
+    s = StreamSession(model, video_tokens=30, audio_tokens=12, chunk_frames=6)
+    for i, f in enumerate(frames(21)):
+        s.feed(frames=f, t=float(i))
+        st = s.stats()
+        assert st.video_tokens_held <= 30 and st.audio_tokens_held <= 12
+    s.feed(audio=tone(65.0), audio_t=0.0)
+    st = s.stats()
+    assert st.frames == 21 and st.video_tokens_in == 18 // 2 * 6  # 18 frames absorbed (3 chunks), 6 tokens/patch
+    assert st.audio_tokens_in == 120  # two complete 30 s pieces at 2 tokens/s; 5 s pending
+    assert st.video_tokens_held == 30 and st.audio_tokens_held == 12
+    assert st.memory_bytes > 0
+    assert isinstance(s.ask("What is on screen?"), str)
+
+
+def test_ask_does_not_change_the_memory_and_save_load_is_exact(model, tmp_path):
+    s = StreamSession(model, video_tokens=24, audio_tokens=16, chunk_frames=4)
+    for i, f in enumerate(frames(11, seed=1)):
+        s.feed(frames=f, t=float(i))
+    s.feed(audio=tone(11.0, 330.0), audio_t=0.0)
+    first = s.ask("What happened?")
+    assert s.ask("What happened?") == first  # asking twice: same memory, same answer
+    path = s.save(tmp_path / "snap.avmem")
+    s2 = StreamSession.load(path, model)
+    assert s2.ask("What happened?") == first
+    more = frames(5, seed=2)
+    for i, f in enumerate(more, start=11):
+        s.feed(frames=f, t=float(i))
+        s2.feed(frames=f, t=float(i))
+    assert s.ask("And then?") == s2.ask("And then?")
+    a, b = s.state, s2.state
+    assert torch.equal(a.video.tokens, b.video.tokens) and torch.equal(a.video.ids, b.video.ids)
+    for x, y in zip(a.ttt.tensors().values(), b.ttt.tensors().values()):
+        assert torch.equal(x, y)
+
+
+def test_prompt_positions_follow_the_full_layout(model):
+    """Kept tokens keep their full-layout positions; the prompt ends with the assistant header."""
+    s = StreamSession(model, use_audio=False, video_tokens=10, chunk_frames=4, video_policy="discard-prev")
+    for i, f in enumerate(frames(8, seed=3)):
+        s.feed(frames=f, t=float(i))
+    st = s._flushed()
+    embeds, pos, mask, deep = s._prompt(st, "Which colour?")
+    assert embeds.shape[0] == pos.shape[1] and pos.shape[0] == 3
+    assert bool((pos[0, 1:] >= pos[0, :-1]).all())  # temporal positions never go back
+    hm, wm = st.patches[0].grid_hw
+    n_prefix = 1 + len(s._text_ids("user\n"))
+    n_ts = len(st.patches[0].ts_ids)
+    full_patch = n_ts + 2 + max(hm, wm)  # timestamp, vision_start, video block, vision_end (no audio)
+    assert int(pos.max()) < n_prefix + 4 * full_patch + 64
+    # video tokens: t position is the block start, h/w offsets within the merged grid
+    vis = pos[:, mask] if mask is not None else None
+    if vis is not None:
+        assert bool((vis[1] - vis[0] < hm).all()) and bool((vis[2] - vis[0] < wm).all())
+        assert deep.shape[1] == int(mask.sum())
+    tail = model.backbone.tokenizer.decode(model.backbone.tokenizer("assistant\n").input_ids)
+    assert tail == "assistant\n"
+
+
+def test_bad_input_is_rejected(model):
+    s = StreamSession(model, chunk_frames=4)
+    with pytest.raises(ValueError, match="nothing has been fed"):
+        s.ask("anything?")
+    with pytest.raises(ValueError, match="uint8"):
+        s.feed(frames=np.zeros((8, 8, 3), dtype=np.float32), t=0.0)
+    with pytest.raises(ValueError, match="absurd"):
+        s.feed(frames=np.zeros((1, 8, 3), dtype=np.uint8), t=0.0)
+    s.feed(frames=frames(1)[0], t=1.0)
+    with pytest.raises(ValueError, match="increase"):
+        s.feed(frames=frames(1)[0], t=0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        s.feed(audio=np.array([0.0, np.nan], dtype=np.float32))
+    with pytest.raises(ValueError, match="non-empty"):
+        s.ask("  ")
+    with pytest.raises(ValueError, match="video_policy"):
+        StreamSession(model, video_policy="random")
+    with pytest.raises(ValueError, match="chunk_frames"):
+        StreamSession(model, chunk_frames=3)
+    with pytest.raises(ValueError, match="fps"):
+        StreamSession(model, SessionSettings(fps=0))
+
+
+def test_unknown_presets_and_folders(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_model("tiny-llama")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not a model folder"):
+        load_model(tmp_path / "empty")
+
+
+def test_model_folder_round_trip_and_missing_tensors(model, tmp_path):
+    """save_pretrained -> load_model gives the same answers; a missing TTT tensor is named."""
+    from safetensors.torch import load_file, save_file
+
+    folder = model.save_pretrained(tmp_path / "m")
+    loaded = load_model(folder)
+    assert loaded.spec.random_weights and loaded.ttt is not None and loaded.audio is not None
+    answers = []
+    for m in (model, loaded):
+        s = StreamSession(m, video_tokens=16, audio_tokens=8, chunk_frames=4)
+        for i, f in enumerate(frames(6, seed=5)):
+            s.feed(frames=f, t=float(i))
+        s.feed(audio=tone(6.0), audio_t=0.0)
+        answers.append(s.ask("Describe the video."))
+    assert answers[0] == answers[1]
+    sd = load_file(str(folder / "ttt.safetensors"))
+    del sd["ttt.wq.bias"]
+    save_file(sd, str(folder / "ttt.safetensors"))
+    with pytest.raises(ValueError, match="ttt_layers.ttt.wq.bias"):
+        load_model(folder)
