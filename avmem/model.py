@@ -10,6 +10,7 @@ Loading (:func:`load_model`):
   ``transformers`` classes (tests, synthetic training). Built once into a cache folder.
 * a folder written by :meth:`AVMemModel.save_pretrained` (``avmem.json`` + ``backbone/`` +
   ``ttt.safetensors`` / ``audio.safetensors``): every tensor must be present.
+* the official video-SALMONN S release folder (``base/`` + adapter): see :mod:`avmem.official_release`.
 * a plain Qwen2.5-VL / Qwen3-VL folder or hub id: the backbone only. Untrained TTT or audio weights are
   never used, so TTT and audio are off unless you pass trained weights.
 """
@@ -134,8 +135,10 @@ def _audio_config_from_dict(data: dict):
 
 
 def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-               seed: int = 0) -> AVMemModel:
-    """Load a model from a preset name, an avmem folder, or a Qwen2.5-VL / Qwen3-VL folder or hub id.
+               seed: int = 0, cg_iters: int = 0) -> AVMemModel:
+    """Load a model from a preset name, an avmem folder, the official video-SALMONN S release folder
+    (``base/`` + the LoRA/TTT adapter folder; ``cg_iters`` sets its TTT update), or a Qwen2.5-VL /
+    Qwen3-VL folder or hub id.
 
     Raises:
         ValueError: unknown preset, unreadable folder, missing or mis-shaped tensors.
@@ -148,6 +151,12 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: to
     path = Path(name)
     if (path / MODEL_FILE).is_file():
         return _load_avmem_folder(path, device, dtype)
+    if path.is_dir():
+        from .official_release import find_release, load_official_release
+
+        release = find_release(path)
+        if release is not None:
+            return load_official_release(*release, cg_iters=cg_iters, device=device, dtype=dtype)
     if path.exists() and not (path / "config.json").is_file():
         raise ValueError(f"{path}: not a model folder (no {MODEL_FILE} and no config.json)")
     model_type = _model_type(name)

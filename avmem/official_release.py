@@ -1,0 +1,147 @@
+"""Loader for the official video-SALMONN S release (reference §5.1-§5.5).
+
+The release is a Hugging Face base folder (Qwen3-VL-8B with the Whisper + Q-Former audio encoder
+under ``model.audio.*`` and ``audio_config`` in ``config.json``) plus a PEFT adapter folder
+(``adapter_config.json`` + ``adapter_model.safetensors``) holding LoRA pairs for the LLM's q/k/v
+projections and the TTT block and gate as ``modules_to_save``. The official code loads the adapter
+with ``strict=False``, so a missing TTT tensor silently stays random; this loader refuses instead:
+every TTT, gate and audio tensor must be present with the right shape, and every LoRA pair must
+match a base weight.
+
+Merging follows PEFT: ``W <- W + s * B @ A`` with ``s = lora_alpha / r`` (``lora_alpha / sqrt(r)`` with
+``use_rslora``), computed in float32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from .backbones.qwen import Qwen3VLBackbone
+from .encoders.audio import AudioEncoder, AudioEncoderConfig
+from .memory.ttt import TTTConfig, TTTMemory
+from .memory.ttt.official import infer_config_fields
+from .model import AVMemModel, ModelSpec
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_LORA = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.default)?\.weight$")
+
+
+def find_release(path: Path) -> tuple[Path, Path] | None:
+    """(base, adapter) folders if ``path`` is laid out as the release (``base/`` + one adapter folder)."""
+    base = path / "base"
+    if not (base / "config.json").is_file():
+        return None
+    adapters = sorted(p for p in path.iterdir() if (p / ADAPTER_CONFIG).is_file())
+    if len(adapters) != 1:
+        raise ValueError(f"{path}: expected exactly one adapter folder (with {ADAPTER_CONFIG}) beside base/, "
+                         f"found {len(adapters)}")
+    return base, adapters[0]
+
+
+def load_official_release(base: str | Path, adapter: str | Path, cg_iters: int = 0,
+                          device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> AVMemModel:
+    """Build the full model from the release folders.
+
+    Args:
+        base: the base folder (``models/video_SALMONN_S/base``).
+        adapter: the PEFT adapter folder (``models/video_SALMONN_S/video_salmonn_s_ttt_lora``).
+        cg_iters: CG iterations of the TTT update. The released script runs 0 (a plain gradient step);
+            the paper's TTT_HF uses 3. Which one the checkpoint was trained with is not recorded.
+        device, dtype: where and in which precision to run (the release runs bf16).
+
+    Raises:
+        ValueError: naming the first missing or mis-shaped tensor or file.
+    """
+    base, adapter = Path(base), Path(adapter)
+    config = _read_json(base / "config.json")
+    if config.get("model_type") != "qwen3_vl":
+        raise ValueError(f"{base}: the release base is a qwen3_vl model, got model_type {config.get('model_type')!r}")
+    if "audio_config" not in config:
+        raise ValueError(f"{base / 'config.json'}: no audio_config (not a video-SALMONN S base folder)")
+    backbone = Qwen3VLBackbone.from_pretrained(base, need_audio=True, dtype=dtype, device=device)
+    hidden = backbone.hidden_size
+
+    audio_cfg = AudioEncoderConfig.from_official(config["audio_config"], llm_dim=hidden,
+                                                 qformer_config=config.get("qformer_config"))
+    audio = AudioEncoder(audio_cfg)
+    audio.load_official_state_dict(_base_tensors(base, prefix="model.audio."))
+    audio = audio.to(device=backbone.device, dtype=backbone.dtype).eval()
+
+    adapter_cfg = _read_json(adapter / ADAPTER_CONFIG)
+    weights = adapter / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise ValueError(f"{adapter}: missing {ADAPTER_WEIGHTS}")
+    tensors = load_file(str(weights))
+    merged = merge_lora(backbone.model, tensors, adapter_cfg)
+    if merged == 0:
+        raise ValueError(f"{weights}: no LoRA pairs found (expected q/k/v_proj lora_A/lora_B of the language model)")
+
+    fields = {"lag_distance": 1024, **infer_config_fields(tensors)}
+    ttt_cfg = TTTConfig(**fields, mini_batch=1024, base_lr=0.1, update="hf", cg_iters=cg_iters, lag_weight=0.1,
+                        compat="official")
+    ttt = TTTMemory.from_official_state_dict(tensors, ttt_cfg).to(device=backbone.device, dtype=backbone.dtype)
+    spec = ModelSpec(backbone_type="qwen3_vl", ttt=ttt_cfg.to_dict(), audio=audio_cfg.to_dict())
+    return AVMemModel(backbone=backbone, ttt=ttt, audio=audio, spec=spec, source=f"{base} + {adapter}",
+                      extras={"lora_pairs": merged})
+
+
+def merge_lora(model: torch.nn.Module, tensors: dict[str, torch.Tensor], adapter_config: dict) -> int:
+    """Fold every LoRA pair of ``tensors`` into ``model``'s weights in place; returns the number merged."""
+    r = adapter_config.get("r")
+    alpha = adapter_config.get("lora_alpha")
+    if not isinstance(r, int) or r <= 0 or not isinstance(alpha, (int, float)):
+        raise ValueError(f"{ADAPTER_CONFIG}: needs a positive int 'r' and a number 'lora_alpha', got r={r!r}, "
+                         f"lora_alpha={alpha!r}")
+    scale = alpha / math.sqrt(r) if adapter_config.get("use_rslora") else alpha / r
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        m = _LORA.match(key)
+        if m:
+            pairs.setdefault(m.group("module"), {})[m.group("ab")] = value
+    params = dict(model.named_parameters())
+    for module, ab in sorted(pairs.items()):
+        if set(ab) != {"A", "B"}:
+            missing = "lora_B" if "A" in ab else "lora_A"
+            raise ValueError(f"adapter has no {missing} for '{module}'")
+        target = params.get(f"{module}.weight")
+        if target is None:
+            raise ValueError(f"adapter LoRA targets '{module}', which the base model does not have")
+        a, b = ab["A"].float(), ab["B"].float()
+        if a.shape[0] != r or b.shape[1] != r or (b.shape[0], a.shape[1]) != tuple(target.shape):
+            raise ValueError(f"LoRA pair for '{module}' has shapes A {list(a.shape)}, B {list(b.shape)}; expected "
+                             f"A [{r}, {target.shape[1]}], B [{target.shape[0]}, {r}]")
+        with torch.no_grad():
+            target.copy_((target.float() + scale * (b @ a).to(target.device)).to(target.dtype))
+    return len(pairs)
+
+
+def _base_tensors(base: Path, prefix: str) -> dict[str, torch.Tensor]:
+    files = sorted(base.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{base}: no .safetensors weight files")
+    out: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                if key.startswith(prefix):
+                    out[key] = handle.get_tensor(key)
+    if not out:
+        raise ValueError(f"{base}: no '{prefix}*' tensors (the audio encoder is missing from the base weights)")
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"{path}: missing")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON ({exc})") from None
