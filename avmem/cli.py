@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import resource
 import sys
+import time
 from enum import Enum
 
 import typer
@@ -72,6 +74,200 @@ def demo(
         f"({report.ttt_state_bytes / 1024:.0f} KB), whatever the length. "
         f"{report.elapsed_s:.1f} s, peak RSS {report.peak_rss_mb:.0f} MB."
     )
+
+
+def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_tokens: int, audio_tokens: int,
+                 no_audio: bool, no_ttt: bool, cg_iters: int, device: str, max_new_tokens: int):
+    """Load the model and open a session; notes go to stderr."""
+    from .model import load_model
+    from .session import StreamSession
+
+    if not model_name:
+        raise ValueError("choose a model with --model: the official release folder, an avmem folder, a Qwen2.5-VL / "
+                         "Qwen3-VL folder or hub id, or tiny-qwen3-vl / tiny-qwen2.5-vl (random weights, for tests)")
+    if cg_iters < 0:
+        raise ValueError(f"--cg-iters must be >= 0, got {cg_iters}")
+    _quiet_transformers()
+    with console.status(f"loading {model_name}..."):
+        model = load_model(model_name, device=device, cg_iters=cg_iters)
+    if model.spec.random_weights:
+        print(f"avmem: note: {model_name} has random weights; its answers are meaningless", file=sys.stderr)
+    use_audio = not no_audio and model.audio is not None
+    use_ttt = not no_ttt and model.ttt is not None
+    if not no_audio and model.audio is None:
+        print("avmem: note: this model has no audio encoder; answering from video only", file=sys.stderr)
+    if not no_ttt and model.ttt is None:
+        print("avmem: note: this model has no trained TTT memory; the memory is the token bank alone",
+              file=sys.stderr)
+    session = StreamSession(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
+                            audio_tokens=audio_tokens, use_audio=use_audio, use_ttt=use_ttt,
+                            max_new_tokens=max_new_tokens)
+    return model, session
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _telemetry(session, elapsed: float) -> dict:
+    st = session.stats()
+    return {
+        "frames": st.frames, "seconds": round(st.seconds, 3),
+        "tokens": {"video_in": st.video_tokens_in, "video_held": st.video_tokens_held,
+                   "audio_in": st.audio_tokens_in, "audio_held": st.audio_tokens_held},
+        "memory_bytes": st.memory_bytes, "drops": st.drops,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "elapsed_s": round(elapsed, 3), "x_realtime": round(st.seconds / elapsed, 2) if elapsed > 0 else None,
+    }
+
+
+@app.command()
+@user_errors
+def ask(
+    source: str = typer.Argument(..., help="Video file or URL of a recording."),
+    question: list[str] = typer.Option(..., "-q", "--question", help="A question (repeat for several)."),
+    model: str = typer.Option(None, "--model", help="Model folder, hub id, or tiny-qwen3-vl / tiny-qwen2.5-vl."),
+    fps: float = typer.Option(1.0, help="Frames per second taken from the video."),
+    max_pixels: int = typer.Option(176400, help="Pixel budget per frame (the released 420^2)."),
+    video_tokens: int = typer.Option(16384, help="Video token memory size."),
+    audio_tokens: int = typer.Option(4096, help="Audio token memory size."),
+    no_audio: bool = typer.Option(False, "--no-audio", help="Ignore the audio track."),
+    no_ttt: bool = typer.Option(False, "--no-ttt", help="Bypass the TTT memory layer."),
+    cg_iters: int = typer.Option(0, help="CG iterations of the TTT update for the official release (paper: 3)."),
+    max_new_tokens: int = typer.Option(64, help="Answer length limit."),
+    device: str = typer.Option("cpu", help="torch device."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Watch a video with bounded memory, then answer the questions."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .media import probe
+
+    start = time.perf_counter()
+    info = probe(source, fps=fps, max_pixels=max_pixels)
+    if info.video is None:
+        raise ValueError(f"{source}: no video stream")
+    _, session = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
+                              audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=cg_iters,
+                              device=device, max_new_tokens=max_new_tokens)
+    columns = [TextColumn("watching"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, disable=json_out, transient=True) as bar:
+        task = bar.add_task("watch", total=info.duration or None)
+
+        def progress(item) -> None:
+            bar.update(task, completed=item.t)
+
+        session.feed_file(source, progress=progress)
+    session.flush()
+    answers = [{"question": q, "answer": session.ask(q)} for q in question]
+    report = {"answers": answers, **_telemetry(session, time.perf_counter() - start)}
+    if json_out:
+        print(json.dumps(report))
+        return
+    for a in answers:
+        console.print(f"[bold]Q:[/bold] {a['question']}\n[bold]A:[/bold] {a['answer']}")
+    t = report["tokens"]
+    console.print(f"{report['frames']} frames / {report['seconds']:.0f} s watched; memory {t['video_held']} video + "
+                  f"{t['audio_held']} audio tokens ({report['memory_bytes'] / 2**20:.1f} MiB) of {t['video_in']} + "
+                  f"{t['audio_in']} seen; {report['elapsed_s']:.1f} s ({report['x_realtime']}x real time), "
+                  f"peak RSS {report['peak_rss_mb']:.0f} MB")
+
+
+@app.command()
+@user_errors
+def info(
+    media: str = typer.Argument(..., help="File, URL or device."),
+    fps: float = typer.Option(1.0, help="Sampling rate to estimate for."),
+    max_pixels: int = typer.Option(176400, help="Pixel budget per frame."),
+    factor: int = typer.Option(32, help="Frame sides are multiples of this (Qwen3-VL 32, Qwen2.5-VL 28)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Describe what will be decoded from MEDIA."""
+    from dataclasses import asdict
+
+    from .media import probe
+
+    report = asdict(probe(media, fps=fps, max_pixels=max_pixels, factor=factor))
+    if report["video"] is not None:
+        report["video"]["sample_aspect_ratio"] = str(report["video"]["sample_aspect_ratio"])
+    if json_out:
+        print(json.dumps(report))
+        return
+    table = Table(title=media, show_header=False)
+    for key in ("format", "duration", "start_time", "frame_size", "fps", "sampled_frames"):
+        table.add_row(key, str(report[key]))
+    for kind in ("video", "audio"):
+        part = report[kind]
+        table.add_row(kind, "none" if part is None else ", ".join(f"{k}={v}" for k, v in part.items()))
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def stream(
+    url: str = typer.Argument(..., help="Live URL (http/HLS/RTSP/...) or capture device such as /dev/video0."),
+    model: str = typer.Option(None, "--model", help="Model folder, hub id, or tiny-qwen3-vl / tiny-qwen2.5-vl."),
+    fps: float = typer.Option(1.0, help="Frames per second taken from the stream."),
+    max_pixels: int = typer.Option(176400, help="Pixel budget per frame."),
+    video_tokens: int = typer.Option(16384, help="Video token memory size."),
+    audio_tokens: int = typer.Option(4096, help="Audio token memory size."),
+    no_audio: bool = typer.Option(False, "--no-audio", help="Ignore the audio track."),
+    no_ttt: bool = typer.Option(False, "--no-ttt", help="Bypass the TTT memory layer."),
+    cg_iters: int = typer.Option(0, help="CG iterations of the TTT update for the official release."),
+    timeout: float = typer.Option(10.0, help="Seconds to wait for data before giving up."),
+    device: str = typer.Option("cpu", help="torch device."),
+) -> None:
+    """Watch a live source; each line typed on stdin is a question answered from the memory so far."""
+    import threading
+
+    from .media import AudioChunk, LiveSource, VideoFrame
+
+    _, session = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
+                              audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=cg_iters,
+                              device=device, max_new_tokens=64)
+    source = LiveSource(url, fps=fps, audio=session.settings.use_audio, max_pixels=max_pixels,
+                        factor=session.model.backbone.vision.factor, timeout=timeout)
+    lock = threading.Lock()
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        try:
+            for item in source:
+                with lock:
+                    if isinstance(item, VideoFrame):
+                        session.feed(frames=item.image, t=item.t)
+                    elif isinstance(item, AudioChunk):
+                        session.feed(audio=item.samples, audio_t=item.t)
+                    session.state.drops = source.stats.dropped
+        except BaseException as exc:  # reported on the main thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    print("watching; type a question and press Enter (Ctrl-D to stop)", file=sys.stderr)
+    for line in sys.stdin:
+        if failure:
+            break
+        question = line.strip()
+        if not question:
+            continue
+        with lock:
+            try:
+                answer = session.ask(question)
+            except ValueError as exc:
+                answer = f"(cannot answer yet: {exc})"
+            st = session.stats()
+        print(f"A: {answer}   [{st.seconds:.0f} s watched, {st.video_tokens_held} video + {st.audio_tokens_held} "
+              f"audio tokens, {st.drops} dropped]", flush=True)
+    source.close()
+    if failure:
+        raise ValueError(str(failure[0]))
 
 
 @app.command()

@@ -295,6 +295,10 @@ class StreamSession:
         st.audio_ids += tokens.shape[0]
         st.audio = self._audio_bank.append(st.audio, tokens, ids)
 
+    def flush(self) -> None:
+        """Absorb pending frames and audio now (end of a stream); later input starts new chunks."""
+        self.state = self._flushed()
+
     def _flushed(self) -> SessionState:
         """A copy of the state with all pending frames and audio absorbed (the state itself is unchanged)."""
         st = copy.copy(self.state)
