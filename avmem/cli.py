@@ -148,8 +148,8 @@ def ask(
 
     start = time.perf_counter()
     info = probe(source, fps=fps, max_pixels=max_pixels)
-    if info.video is None:
-        raise ValueError(f"{source}: no video stream")
+    if info.video is None and (no_audio or info.audio is None):
+        raise ValueError(f"{source}: no video stream" + ("" if info.audio is None else " (and --no-audio was given)"))
     _, session = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
                               audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=cg_iters,
                               device=device, max_new_tokens=max_new_tokens)

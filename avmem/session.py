@@ -41,6 +41,7 @@ from .model import AVMemModel
 SESSION_FORMAT = "avmem-session/1"
 AUDIO_RATE = 16000
 AUDIO_TOKENS_PER_SECOND = 2
+VISION_BATCH_PATCHES = 8
 POLICIES: dict[str, type[CompressionPolicy]] = {
     "discard": NextSimilarityDiscard,
     "discard-prev": PreviousSimilarityDiscard,
@@ -190,12 +191,20 @@ class StreamSession:
         self._busy_seconds += time.perf_counter() - start
 
     def feed_file(self, path: str | Path, progress=None) -> None:
-        """Decode a local file (or URL) at the session's fps and feed its frames and audio."""
-        from .media import AudioChunk, FileSource, VideoFrame
+        """Decode a local file (or the URL of a recording) at the session's fps and feed its frames and audio.
+
+        Audio-only inputs are accepted when the session uses audio. ``progress`` is called with each
+        media item.
+        """
+        from .media import AudioChunk, FileSource, VideoFrame, probe
 
         factor = self.model.backbone.vision.factor
-        source = FileSource(path, fps=self.settings.fps, max_pixels=self.settings.max_pixels,
-                            min_pixels=self.settings.min_pixels, factor=factor, audio=self.settings.use_audio)
+        budget = dict(fps=self.settings.fps, max_pixels=self.settings.max_pixels, min_pixels=self.settings.min_pixels,
+                      factor=factor)
+        has_video = probe(path, **budget).video is not None
+        if not has_video and not self.settings.use_audio:
+            raise ValueError(f"{path}: no video stream (and this session does not use audio)")
+        source = FileSource(path, video=has_video, audio=self.settings.use_audio, **budget)
         for item in source:
             if isinstance(item, VideoFrame):
                 self.feed(frames=item.image, t=item.t)
@@ -265,7 +274,9 @@ class StreamSession:
             return st
         batch, st.pending_frames = frames[:n], frames[n:]
         model = self.model
-        patches = model.backbone.encode_frames(np.stack([f for _, f in batch]))
+        step = 2 * VISION_BATCH_PATCHES  # vision tower in slices (frames are independent there): bounded activations
+        patches = [p for i in range(0, n, step)
+                   for p in model.backbone.encode_frames(np.stack([f for _, f in batch[i:i + step]]))]
         times = [t for t, _ in batch] + [batch[-1][0]]
         main = torch.cat([p.tokens for p in patches])
         hm, wm = patches[0].grid_hw

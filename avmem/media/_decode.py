@@ -1,0 +1,272 @@
+"""PyAV plumbing shared by the sources: opening, stream choice, orientation, conversion, timing."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .errors import MediaError, MediaWarning
+from .resize import PixelBudget, check_size
+from .types import SAMPLE_RATE, SourceStats
+
+URL_SCHEMES = ("http", "https", "hls", "rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp")
+
+
+def is_url(source: str) -> bool:
+    """True for ``scheme://...`` with a network scheme FFmpeg reads."""
+    scheme, sep, _ = source.partition("://")
+    return bool(sep) and scheme.lower() in URL_SCHEMES
+
+
+def open_input(name: str, *, format: str | None = None, options: dict[str, str] | None = None,
+               timeout: float | None = None) -> av.container.InputContainer:
+    """av.open for reading with one-line MediaErrors; ``timeout`` bounds the open and every read (s)."""
+    try:
+        return av.open(name, mode="r", format=format, options=options or {}, timeout=timeout)
+    except av.error.ExitError as exc:
+        raise MediaError(f"{name}: timed out after {timeout:g} s waiting for data") from exc
+    except av.error.ConnectionRefusedError as exc:
+        raise MediaError(f"{name}: connection refused") from exc
+    except av.error.HTTPError as exc:
+        raise MediaError(f"{name}: HTTP error ({exc.strerror})") from exc
+    except (av.error.FFmpegError, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise MediaError(f"{name}: cannot open media ({reason})") from exc
+
+
+def pick_video(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The first video stream that is not cover art (attached picture)."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    return None
+
+
+def pick_audio(container: av.container.InputContainer) -> av.audio.stream.AudioStream | None:
+    """FFmpeg's best audio stream, None when there is none."""
+    if not container.streams.audio:
+        return None
+    return container.streams.best("audio")
+
+
+def sample_aspect(stream: av.video.stream.VideoStream) -> Fraction:
+    """Pixel aspect ratio: the container's, else the codec's, else square."""
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar is not None and sar > 0:
+            return Fraction(sar)
+    return Fraction(1)
+
+
+def average_fps(stream: av.video.stream.VideoStream) -> float | None:
+    """Mean frame rate from the container, None when unknown."""
+    rate = stream.average_rate or stream.guessed_rate
+    return float(rate) if rate and rate > 0 else None
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How to make a decoded image upright: ``np.rot90(image, k)``, then a vertical flip if ``vflip``.
+
+    ``rotation`` is the display-matrix angle (degrees counter-clockwise, ffprobe's convention).
+    """
+
+    k: int = 0
+    vflip: bool = False
+    rotation: int = 0
+
+    @property
+    def transposes(self) -> bool:
+        """True when width and height swap."""
+        return self.k % 2 == 1
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """[H, W, C] -> upright [H', W', C] (a view; copy before writing)."""
+        out = np.rot90(image, self.k) if self.k else image
+        return out[::-1] if self.vflip else out
+
+
+def orientation_of(frame: av.VideoFrame) -> tuple[Orientation, str | None]:
+    """The orientation FFmpeg's autorotate would apply for the frame's display matrix.
+
+    Returns the orientation and a warning when the angle is not a multiple of 90 degrees (it is then
+    rounded to the nearest right angle).
+    """
+    matrix = None
+    for side in frame.side_data:
+        if side.type.name == "DISPLAYMATRIX":
+            matrix = np.frombuffer(bytes(side), dtype=np.int32)[:9]
+            break
+    if matrix is None:
+        return Orientation(), None
+    m = matrix.astype(np.float64) / 65536.0
+    scale0, scale1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if scale0 == 0 or scale1 == 0:
+        return Orientation(), None
+    ccw = -math.degrees(math.atan2(m[1] / scale1, m[0] / scale0))
+    rotation = round(ccw)
+    theta = (-rotation) % 360
+    snapped = round(theta / 90.0) % 4 * 90
+    note = None
+    if abs(((theta - snapped) + 180) % 360 - 180) > 1:
+        note = f"display rotation {rotation} degrees is not a right angle; rotated by {-snapped % 360} instead"
+    if snapped == 90:
+        orient = Orientation(1, True, rotation) if matrix[3] > 0 else Orientation(3, False, rotation)
+    elif snapped == 180:
+        hflip, vflip = matrix[0] < 0, matrix[4] < 0
+        orient = Orientation(2 if hflip else 0, hflip != vflip, rotation)
+    elif snapped == 270:
+        orient = Orientation(3, True, rotation) if matrix[3] < 0 else Orientation(1, False, rotation)
+    else:
+        orient = Orientation(0, bool(matrix[4] < 0), rotation)
+    return orient, note
+
+
+def display_size(width: int, height: int, sar: Fraction, orient: Orientation) -> tuple[int, int]:
+    """Upright square-pixel (height, width) of a coded ``width`` x ``height`` frame."""
+    w = max(1, round(width * sar))
+    return (w, height) if orient.transposes else (height, w)
+
+
+class FrameShaper:
+    """Decoded av.VideoFrame -> upright, square-pixel RGB uint8 [H, W, 3] within the pixel budget."""
+
+    def __init__(self, name: str, budget: PixelBudget, sar: Fraction, warn: Callable[[str], None]) -> None:
+        self.name, self.budget, self.sar, self.warn = name, budget, sar, warn
+        self._plans: dict[tuple[int, int, Orientation], tuple[int, int]] = {}
+        self._noted = False
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        orient, note = orientation_of(frame)
+        if note and not self._noted:
+            self._noted = True
+            self.warn(note)
+        key = (frame.width, frame.height, orient)
+        plan = self._plans.get(key)
+        if plan is None:
+            check_size(self.name, frame.height, frame.width)
+            out_h, out_w = self.budget.target(*display_size(frame.width, frame.height, self.sar, orient))
+            plan = (out_h, out_w) if not orient.transposes else (out_w, out_h)
+            self._plans[key] = plan
+        coded_h, coded_w = plan
+        rgb = frame.reformat(width=coded_w, height=coded_h, format="rgb24", interpolation="BICUBIC").to_ndarray()
+        return np.ascontiguousarray(orient.apply(rgb))
+
+
+def array_shaper(budget: PixelBudget, name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Upright RGB uint8 [H, W, 3] -> RGB uint8 resized to the pixel budget (bicubic, swscale)."""
+
+    def shape(image: np.ndarray) -> np.ndarray:
+        check_size(name, image.shape[0], image.shape[1])
+        out_h, out_w = budget.target(image.shape[0], image.shape[1])
+        if (out_h, out_w) == image.shape[:2]:
+            return image.copy()
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        return frame.reformat(width=out_w, height=out_h, interpolation="BICUBIC").to_ndarray()
+
+    return shape
+
+
+class VideoClock:
+    """Presentation time and duration (s) of decoded frames; synthesises times for frames without any."""
+
+    def __init__(self, name: str, stream: av.video.stream.VideoStream, warn: Callable[[str], None]) -> None:
+        self.name, self.warn = name, warn
+        self.rate = average_fps(stream)
+        self._last: tuple[float, float | None] | None = None
+        self._warned = False
+
+    def __call__(self, frame: av.VideoFrame) -> tuple[float, float | None]:
+        duration = None
+        if frame.duration and frame.time_base:
+            duration = float(frame.duration * frame.time_base)
+        t = frame.time
+        if t is None:
+            step = duration or (self._last[1] if self._last else None) or (1 / self.rate if self.rate else None)
+            if step is None:
+                raise MediaError(f"{self.name}: frames have no timestamps and the stream has no frame rate")
+            if not self._warned:
+                self._warned = True
+                self.warn("video frames have no timestamps; timing them from frame durations / the nominal rate")
+            t = self._last[0] + step if self._last else 0.0
+        self._last = (t, duration)
+        return t, duration
+
+
+class AudioFeed:
+    """Decoded audio frames -> (start time s, float32 mono 16 kHz samples) blocks.
+
+    Samples are counted from an anchor (the time of the first frame); while each frame's timestamp
+    stays within ``tolerance`` seconds of anchor + samples so far, output is contiguous. A larger
+    jump or drift (or a change of input format) restarts the resampler at the frame's time, so gaps
+    and overlaps reach the assembler as timestamp jumps and drift stays below ``tolerance``.
+    """
+
+    def __init__(self, tolerance: float = 0.03) -> None:
+        self.tolerance = tolerance
+        self._resampler: av.AudioResampler | None = None
+        self._key: tuple | None = None
+        self._anchor = 0.0
+        self._in = 0
+        self._out = 0
+
+    def feed(self, frame: av.AudioFrame, time: float | None) -> list[tuple[float, np.ndarray]]:
+        """Resample one frame whose first sample plays at ``time`` (None: right after the previous)."""
+        key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        expected = None if self._resampler is None else self._anchor + self._in / frame.sample_rate
+        if time is None:
+            time = expected if expected is not None else 0.0
+        blocks: list[tuple[float, np.ndarray]] = []
+        if expected is None or key != self._key or abs(time - expected) > self.tolerance:
+            blocks = self.flush()
+            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            self._key, self._anchor, self._in, self._out = key, time, 0, 0
+        self._in += frame.samples
+        blocks += self._take(self._resampler.resample(frame))
+        return blocks
+
+    def flush(self) -> list[tuple[float, np.ndarray]]:
+        """Samples the resampler still holds."""
+        if self._resampler is None:
+            return []
+        blocks = self._take(self._resampler.resample(None))
+        self._resampler = None
+        return blocks
+
+    def _take(self, frames: list[av.AudioFrame]) -> list[tuple[float, np.ndarray]]:
+        blocks = []
+        for out in frames:
+            samples = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+            if samples.size:
+                blocks.append((self._anchor + self._out / SAMPLE_RATE, samples))
+                self._out += samples.size
+        return blocks
+
+
+def warner(name: str, stats: SourceStats) -> Callable[[str], None]:
+    """A function recording ``name: message`` in ``stats.warnings`` and emitting a MediaWarning."""
+
+    def warn(message: str) -> None:
+        text = f"{name}: {message}"
+        stats.warnings.append(text)
+        warnings.warn(text, MediaWarning, stacklevel=3)
+
+    return warn
+
+
+def check_local(path: str | Path) -> str:
+    """A readable, non-empty local file path as a string, or MediaError."""
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(f"{p}: no such file")
+    if not p.is_file():
+        raise MediaError(f"{p}: not a file")
+    if p.stat().st_size == 0:
+        raise MediaError(f"{p}: empty file (0 bytes)")
+    return str(p)
