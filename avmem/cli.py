@@ -77,7 +77,8 @@ def demo(
 
 
 def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_tokens: int, audio_tokens: int,
-                 no_audio: bool, no_ttt: bool, cg_iters: int, device: str, max_new_tokens: int):
+                 no_audio: bool, no_ttt: bool, cg_iters: int, device: str, max_new_tokens: int,
+                 video_policy: str = "discard", audio_policy: str = "merge"):
     """Load the model and open a session; notes go to stderr."""
     from .model import load_model
     from .session import StreamSession
@@ -101,7 +102,7 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
               file=sys.stderr)
     session = StreamSession(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
                             audio_tokens=audio_tokens, use_audio=use_audio, use_ttt=use_ttt,
-                            max_new_tokens=max_new_tokens)
+                            max_new_tokens=max_new_tokens, video_policy=video_policy, audio_policy=audio_policy)
     return model, session
 
 
@@ -137,6 +138,8 @@ def ask(
     no_audio: bool = typer.Option(False, "--no-audio", help="Ignore the audio track."),
     no_ttt: bool = typer.Option(False, "--no-ttt", help="Bypass the TTT memory layer."),
     cg_iters: int = typer.Option(0, help="CG iterations of the TTT update for the official release (paper: 3)."),
+    video_policy: str = typer.Option("discard", help="Video memory: discard (paper), discard-prev (released), merge."),
+    audio_policy: str = typer.Option("merge", help="Audio memory: merge (released), discard, discard-prev."),
     max_new_tokens: int = typer.Option(64, help="Answer length limit."),
     device: str = typer.Option("cpu", help="torch device."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -152,7 +155,8 @@ def ask(
         raise ValueError(f"{source}: no video stream" + ("" if info.audio is None else " (and --no-audio was given)"))
     _, session = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
                               audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=cg_iters,
-                              device=device, max_new_tokens=max_new_tokens)
+                              device=device, max_new_tokens=max_new_tokens, video_policy=video_policy,
+                              audio_policy=audio_policy)
     columns = [TextColumn("watching"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
                TimeElapsedColumn()]
     with Progress(*columns, console=console, disable=json_out, transient=True) as bar:
