@@ -140,3 +140,35 @@ def test_model_folder_round_trip_and_missing_tensors(model, tmp_path):
     save_file(sd, str(folder / "ttt.safetensors"))
     with pytest.raises(ValueError, match="ttt_layers.ttt.wq.bias"):
         load_model(folder)
+
+
+def test_positions_equal_transformers_get_rope_index_on_the_uncompressed_layout(tmp_path):
+    """With memories large enough to keep everything, our positions are exactly those that Qwen3-VL's own
+    get_rope_index gives the full official token sequence (timestamps, vision_start, video pads, audio
+    pads as text, vision_end)."""
+    import os
+
+    os.environ.setdefault("AVMEM_CACHE", str(tmp_path / "cache"))
+    model = load_model("tiny-qwen3-vl")
+    s = StreamSession(model, video_tokens=4096, audio_tokens=4096, chunk_frames=4)
+    for i, f in enumerate(frames(7, seed=4)):
+        s.feed(frames=f, t=float(i))
+    s.feed(audio=tone(9.0), audio_t=0.0)
+    st = s._flushed()
+    _, pos, mask, _ = s._prompt(st, "Which colour?")
+    tok = model.backbone.tokens
+    ids = [tok.im_start] + s._text_ids("user\n")
+    counts = s._audio_counts(st, len(st.patches))
+    for rec, n_audio in zip(st.patches, counts):
+        ids += list(rec.ts_ids) + [tok.vision_start] + [tok.video_pad] * rec.n_video + [tok.audio_pad] * n_audio
+        ids += [tok.vision_end]
+    ids += s._text_ids("\nWhich colour?") + [tok.im_end] + s._text_ids("\n") + [tok.im_start]
+    ids += s._text_ids("assistant\n")
+    input_ids = torch.tensor([ids])
+    types = (input_ids == tok.video_pad).int() * 2  # 0 text, 1 image, 2 video
+    hm, wm = st.patches[0].grid_hw
+    grid = torch.tensor([[len(st.patches), 2 * hm, 2 * wm]])
+    ref, _ = model.backbone.model.model.get_rope_index(input_ids, mm_token_type_ids=types, video_grid_thw=grid)
+    assert pos.shape[1] == len(ids)
+    assert torch.equal(pos, ref[:, 0])
+    assert int(mask.sum()) == sum(r.n_video for r in st.patches)
