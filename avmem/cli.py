@@ -83,11 +83,19 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
     from .model import load_model
     from .session import StreamSession
 
+    import torch
+
     if not model_name:
         raise ValueError("choose a model with --model: the official release folder, an avmem folder, a Qwen2.5-VL / "
                          "Qwen3-VL folder or hub id, or tiny-qwen3-vl / tiny-qwen2.5-vl (random weights, for tests)")
-    if cg_iters < 0:
+    if cg_iters is not None and cg_iters < 0:
         raise ValueError(f"--cg-iters must be >= 0, got {cg_iters}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device: unknown device {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available")
     _quiet_transformers()
     with console.status(f"loading {model_name}..."):
         model = load_model(model_name, device=device, cg_iters=cg_iters)
@@ -137,7 +145,7 @@ def ask(
     audio_tokens: int = typer.Option(4096, help="Audio token memory size."),
     no_audio: bool = typer.Option(False, "--no-audio", help="Ignore the audio track."),
     no_ttt: bool = typer.Option(False, "--no-ttt", help="Bypass the TTT memory layer."),
-    cg_iters: int = typer.Option(0, help="CG iterations of the TTT update for the official release (paper: 3)."),
+    cg_iters: int = typer.Option(None, help="CG iterations of the TTT update (release default 0; paper: 3)."),
     video_policy: str = typer.Option("discard", help="Video memory: discard (paper), discard-prev (released), merge."),
     audio_policy: str = typer.Option("merge", help="Audio memory: merge (released), discard, discard-prev."),
     max_new_tokens: int = typer.Option(64, help="Answer length limit."),
@@ -150,6 +158,9 @@ def ask(
     from .media import probe
 
     start = time.perf_counter()
+    empty = [i + 1 for i, q in enumerate(question) if not q.strip()]
+    if empty:
+        raise ValueError(f"question {empty[0]} is empty")
     info = probe(source, fps=fps, max_pixels=max_pixels)
     if info.video is None and (no_audio or info.audio is None):
         raise ValueError(f"{source}: no video stream" + ("" if info.audio is None else " (and --no-audio was given)"))
@@ -221,7 +232,7 @@ def stream(
     audio_tokens: int = typer.Option(4096, help="Audio token memory size."),
     no_audio: bool = typer.Option(False, "--no-audio", help="Ignore the audio track."),
     no_ttt: bool = typer.Option(False, "--no-ttt", help="Bypass the TTT memory layer."),
-    cg_iters: int = typer.Option(0, help="CG iterations of the TTT update for the official release."),
+    cg_iters: int = typer.Option(None, help="CG iterations of the TTT update (release default 0; paper: 3)."),
     timeout: float = typer.Option(10.0, help="Seconds to wait for data before giving up."),
     device: str = typer.Option("cpu", help="torch device."),
 ) -> None:
@@ -237,7 +248,6 @@ def stream(
                         factor=session.model.backbone.vision.factor, timeout=timeout)
     lock = threading.Lock()
     failure: list[BaseException] = []
-    done = threading.Event()
 
     def watch() -> None:
         try:
@@ -248,22 +258,33 @@ def stream(
                     elif isinstance(item, AudioChunk):
                         session.feed(audio=item.samples, audio_t=item.t)
                     session.state.drops = source.stats.dropped
-        except BaseException as exc:  # reported on the main thread
+        except Exception as exc:  # reported on the main thread
             failure.append(exc)
-        finally:
-            done.set()
+
+    import queue
+
+    questions: queue.Queue[str | None] = queue.Queue()
+
+    def read_questions() -> None:
+        for line in sys.stdin:
+            questions.put(line)
+        questions.put(None)
 
     threading.Thread(target=watch, daemon=True).start()
+    threading.Thread(target=read_questions, daemon=True).start()
     print("watching; type a question and press Enter (Ctrl-D to stop)", file=sys.stderr)
-    for line in sys.stdin:
-        if failure:
+    while not failure:
+        try:
+            line = questions.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        if line is None:
             break
-        question = line.strip()
-        if not question:
+        if not line.strip():
             continue
         with lock:
             try:
-                answer = session.ask(question)
+                answer = session.ask(line.strip())
             except ValueError as exc:
                 answer = f"(cannot answer yet: {exc})"
             st = session.stats()
@@ -271,7 +292,9 @@ def stream(
               f"audio tokens, {st.drops} dropped]", flush=True)
     source.close()
     if failure:
-        raise ValueError(str(failure[0]))
+        if isinstance(failure[0], ValueError):
+            raise ValueError(str(failure[0]).splitlines()[0])
+        raise failure[0]
 
 
 @app.command()

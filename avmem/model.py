@@ -135,33 +135,50 @@ def _audio_config_from_dict(data: dict):
 
 
 def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-               seed: int = 0, cg_iters: int = 0) -> AVMemModel:
+               seed: int = 0, cg_iters: int | None = None) -> AVMemModel:
     """Load a model from a preset name, an avmem folder, the official video-SALMONN S release folder
-    (``base/`` + the LoRA/TTT adapter folder; ``cg_iters`` sets its TTT update), or a Qwen2.5-VL /
-    Qwen3-VL folder or hub id.
+    (``base/`` + the LoRA/TTT adapter folder), or a Qwen2.5-VL / Qwen3-VL folder or hub id.
+
+    ``cg_iters`` overrides the CG iterations of the TTT update (None keeps the model's own: the release
+    script's 0 for the official release, the saved value for avmem folders).
 
     Raises:
         ValueError: unknown preset, unreadable folder, missing or mis-shaped tensors.
     """
     name = str(source)
     if name in TINY_PRESETS:
-        return _build_tiny(TINY_PRESETS[name], device, seed)
+        return _with_cg_iters(_build_tiny(TINY_PRESETS[name], device, seed), cg_iters)
     if name.startswith("tiny-"):
         raise ValueError(f"unknown preset '{name}' (choose from {sorted(TINY_PRESETS)})")
     path = Path(name)
     if (path / MODEL_FILE).is_file():
-        return _load_avmem_folder(path, device, dtype)
+        return _with_cg_iters(_load_avmem_folder(path, device, dtype), cg_iters)
     if path.is_dir():
         from .official_release import find_release, load_official_release
 
         release = find_release(path)
         if release is not None:
-            return load_official_release(*release, cg_iters=cg_iters, device=device, dtype=dtype)
+            return load_official_release(*release, cg_iters=cg_iters or 0, device=device, dtype=dtype)
     if path.exists() and not (path / "config.json").is_file():
         raise ValueError(f"{path}: not a model folder (no {MODEL_FILE} and no config.json)")
     model_type = _model_type(name)
     backbone = backbone_class(model_type).from_pretrained(name, need_audio=False, dtype=dtype, device=device)
     return AVMemModel(backbone=backbone, ttt=None, audio=None, spec=ModelSpec(backbone_type=model_type), source=name)
+
+
+def _with_cg_iters(model: AVMemModel, cg_iters: int | None) -> AVMemModel:
+    """Rebuild the TTT update rule with ``cg_iters`` CG iterations (same weights)."""
+    if cg_iters is None or model.ttt is None or cg_iters == model.ttt.cfg.cg_iters:
+        return model
+    from dataclasses import replace
+
+    from .memory.ttt.update import make_update_rule
+
+    cfg = replace(model.ttt.cfg, cg_iters=cg_iters)
+    model.ttt.cfg = cfg
+    model.ttt.update = make_update_rule(cfg)
+    model.spec.ttt = cfg.to_dict()
+    return model
 
 
 def _model_type(name: str) -> str:

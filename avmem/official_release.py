@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from .backbones.qwen import Qwen3VLBackbone
 from .encoders.audio import AudioEncoder, AudioEncoderConfig
 from .memory.ttt import TTTConfig, TTTMemory
-from .memory.ttt.official import infer_config_fields
+from .memory.ttt.official import infer_config_fields, native_key
 from .model import AVMemModel, ModelSpec
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -80,11 +80,16 @@ def load_official_release(base: str | Path, adapter: str | Path, cg_iters: int =
     if not weights.is_file():
         raise ValueError(f"{adapter}: missing {ADAPTER_WEIGHTS}")
     tensors = load_file(str(weights))
+    foreign = sorted(k for k in tensors if not _LORA.match(k) and native_key(k) is None)
+    if foreign:
+        raise ValueError(f"{weights}: holds tensors that are neither LoRA nor the TTT block/gate, e.g. '{foreign[0]}' "
+                         f"({len(foreign)} in all); other modules_to_save are not supported")
     merged = merge_lora(backbone.model, tensors, adapter_cfg)
-    if merged == 0:
-        raise ValueError(f"{weights}: no LoRA pairs found (expected q/k/v_proj lora_A/lora_B of the language model)")
 
-    fields = {"lag_distance": 1024, **infer_config_fields(tensors)}
+    # the release uses the lag objective ('forward_usekey_carryover', distance 1024): its tensors are required
+    fields = {**infer_config_fields(tensors), "lag_distance": 1024}
+    if fields["dim"] != hidden:
+        raise ValueError(f"{weights}: TTT width {fields['dim']} does not match the LLM hidden size {hidden}")
     ttt_cfg = TTTConfig(**fields, mini_batch=1024, base_lr=0.1, update="hf", cg_iters=cg_iters, lag_weight=0.1,
                         compat="official")
     ttt = TTTMemory.from_official_state_dict(tensors, ttt_cfg).to(device=backbone.device, dtype=backbone.dtype)
@@ -94,12 +99,19 @@ def load_official_release(base: str | Path, adapter: str | Path, cg_iters: int =
 
 
 def merge_lora(model: torch.nn.Module, tensors: dict[str, torch.Tensor], adapter_config: dict) -> int:
-    """Fold every LoRA pair of ``tensors`` into ``model``'s weights in place; returns the number merged."""
+    """Fold every LoRA pair of ``tensors`` into ``model``'s weights in place; returns the number merged.
+
+    Every language-model layer must carry a pair for each name in ``target_modules`` (the release:
+    q_proj, k_proj, v_proj).
+    """
     r = adapter_config.get("r")
     alpha = adapter_config.get("lora_alpha")
     if not isinstance(r, int) or r <= 0 or not isinstance(alpha, (int, float)):
         raise ValueError(f"{ADAPTER_CONFIG}: needs a positive int 'r' and a number 'lora_alpha', got r={r!r}, "
                          f"lora_alpha={alpha!r}")
+    for unsupported in ("use_dora", "alpha_pattern", "rank_pattern"):
+        if adapter_config.get(unsupported):
+            raise ValueError(f"{ADAPTER_CONFIG}: '{unsupported}' adapters are not supported")
     scale = alpha / math.sqrt(r) if adapter_config.get("use_rslora") else alpha / r
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -107,6 +119,15 @@ def merge_lora(model: torch.nn.Module, tensors: dict[str, torch.Tensor], adapter
         if m:
             pairs.setdefault(m.group("module"), {})[m.group("ab")] = value
     params = dict(model.named_parameters())
+    targets = adapter_config.get("target_modules") or []
+    if isinstance(targets, str):
+        raise ValueError(f"{ADAPTER_CONFIG}: regex target_modules are not supported, got {targets!r}")
+    for name in params:
+        m = re.match(r"^(model\.language_model\.layers\.\d+\.self_attn\.(\w+))\.weight$", name)
+        if m and m.group(2) in targets and m.group(1) not in pairs:
+            raise ValueError(f"adapter has no LoRA pair for '{m.group(1)}' (target_modules {targets})")
+    if not pairs:
+        raise ValueError("adapter holds no LoRA pairs (expected q/k/v_proj lora_A/lora_B of the language model)")
     for module, ab in sorted(pairs.items()):
         if set(ab) != {"A", "B"}:
             missing = "lora_B" if "A" in ab else "lora_A"

@@ -17,7 +17,6 @@ Asking never changes the memory: pending frames and audio are absorbed into a co
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -101,17 +100,51 @@ class SessionSettings:
 
 
 @dataclass
-class PatchRecord:
-    """One temporal patch: its timestamp text, merged grid and first global video-token id."""
+class PatchLog:
+    """Compact log of every temporal patch seen (a few ints per 2 s of video).
 
-    time: float
-    grid_hw: tuple[int, int]
-    first_id: int
-    ts_ids: tuple[int, ...]
+    Attributes:
+        times: timestamp shown for the patch (mean time of its 2 frames), seconds [n].
+        grid: merged grid (Hm, Wm) [n, 2].
+        first_id: global id of the patch's first video token [n].
+        n_ts: number of tokens of its timestamp text [n].
+    """
 
-    @property
-    def n_video(self) -> int:
-        return self.grid_hw[0] * self.grid_hw[1]
+    times: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    grid: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
+    first_id: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    n_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def appended(self, times: list[float], grid: tuple[int, int], first_id: int, n_ts: list[int]) -> "PatchLog":
+        """A new log with ``len(times)`` patches of one grid added (ids consecutive from ``first_id``)."""
+        k = len(times)
+        hm, wm = grid
+        return PatchLog(
+            times=np.concatenate([self.times, np.asarray(times, dtype=np.float64)]),
+            grid=np.concatenate([self.grid, np.tile(np.array([[hm, wm]], dtype=np.int64), (k, 1))]),
+            first_id=np.concatenate([self.first_id, first_id + hm * wm * np.arange(k, dtype=np.int64)]),
+            n_ts=np.concatenate([self.n_ts, np.asarray(n_ts, dtype=np.int64)]),
+        )
+
+
+@dataclass
+class AudioLog:
+    """Where each encoded piece of audio starts: token ids from ``first_id[i]`` cover audio from
+    ``start[i]`` seconds (video clock) at 2 tokens per second."""
+
+    first_id: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    start: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+
+    def appended(self, first_id: int, start: float) -> "AudioLog":
+        return AudioLog(np.append(self.first_id, first_id), np.append(self.start, start))
+
+    def times(self, ids: np.ndarray) -> np.ndarray:
+        """Start time (s) of the audio each token id covers."""
+        piece = np.searchsorted(self.first_id, ids, side="right") - 1
+        return self.start[piece] + (ids - self.first_id[piece]) / AUDIO_TOKENS_PER_SECOND
 
 
 @dataclass
@@ -138,12 +171,14 @@ class SessionState:
     ttt: TTTState | None = None
     video: BankState | None = None
     audio: BankState | None = None
-    patches: list[PatchRecord] = field(default_factory=list)
+    patches: PatchLog = field(default_factory=PatchLog)
+    audio_log: AudioLog = field(default_factory=AudioLog)
     pending_frames: list[tuple[float, np.ndarray]] = field(default_factory=list)
     pending_audio: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
-    audio_start: float | None = None
+    pending_audio_start: float | None = None
     video_ids: int = 0
     audio_ids: int = 0
+    audio_samples: int = 0
     frames: int = 0
     last_time: float | None = None
     drops: int = 0
@@ -225,6 +260,7 @@ class StreamSession:
         st = self.state
         if st.last_time is not None and t <= st.last_time:
             raise ValueError(f"feed: frame times must increase (got {t} after {st.last_time})")
+        frame = self._fit_budget(frame)
         if st.pending_frames and st.pending_frames[0][1].shape != frame.shape:
             self.state = self._absorb(self.state, flush=True)
             st = self.state
@@ -234,29 +270,46 @@ class StreamSession:
         if len(st.pending_frames) >= self.settings.chunk_frames:
             self.state = self._absorb(st, flush=False)
 
+    def _fit_budget(self, frame: np.ndarray) -> np.ndarray:
+        """Resize to the session's pixel budget (the backbone processor's smart_resize), if needed."""
+        from .backbones.qwen import resize_frames
+        from .media import smart_resize
+
+        s = self.settings
+        h, w = frame.shape[:2]
+        try:
+            size = smart_resize(h, w, self.model.backbone.vision.factor, s.min_pixels, s.max_pixels)
+        except ValueError as exc:
+            raise ValueError(f"feed: frame {h}x{w}: {exc}") from None
+        return frame if size == (h, w) else resize_frames(frame[None], size)[0]
+
     def _add_audio(self, samples: np.ndarray, rate: int, start: float | None) -> None:
         if not self.settings.use_audio:
             return
         samples = np.asarray(samples)
-        if samples.ndim != 1 or not np.issubdtype(samples.dtype, np.floating):
-            raise ValueError(f"feed: audio must be mono float samples [n], got {samples.dtype} {list(samples.shape)}")
+        if samples.ndim != 1 or not np.issubdtype(samples.dtype, np.floating) or len(samples) == 0:
+            raise ValueError(f"feed: audio must be non-empty mono float samples [n], got {samples.dtype} "
+                             f"{list(samples.shape)}")
         if not np.isfinite(samples).all():
             raise ValueError("feed: audio contains NaN or Inf")
+        if not isinstance(rate, int) or rate <= 0:
+            raise ValueError(f"feed: audio_rate must be a positive int, got {rate!r}")
         if rate != AUDIO_RATE:
             from .media import resample_audio
 
             samples = resample_audio(samples, rate, AUDIO_RATE)
+        samples = samples.astype(np.float32)
         st = self.state
-        if st.audio_start is None:
-            st.audio_start = 0.0 if start is None else float(start)
+        end = None if st.pending_audio_start is None else st.pending_audio_start + len(st.pending_audio) / AUDIO_RATE
+        if start is not None and (not math.isfinite(start) or start < 0):
+            raise ValueError(f"feed: audio_t must be a finite number >= 0, got {start}")
+        if end is None:
+            st.pending_audio_start = 0.0 if start is None else float(start)
         elif start is not None:
-            expected = st.audio_start + (st.audio_ids / AUDIO_TOKENS_PER_SECOND) + len(st.pending_audio) / AUDIO_RATE
-            gap = int(round((float(start) - expected) * AUDIO_RATE))
-            if gap > 0:
-                samples = np.concatenate([np.zeros(gap, dtype=np.float32), samples])
-            elif gap < 0:
-                samples = samples[-gap:]
-        st.pending_audio = np.concatenate([st.pending_audio, samples.astype(np.float32)])
+            gap = int(round((float(start) - end) * AUDIO_RATE))
+            samples = np.concatenate([np.zeros(gap, dtype=np.float32), samples]) if gap > 0 else samples[-gap:]
+        st.pending_audio = np.concatenate([st.pending_audio, samples])
+        st.audio_samples += len(samples)
         piece = 30 * AUDIO_RATE
         if len(st.pending_audio) >= piece:
             n = len(st.pending_audio) // piece * piece
@@ -272,38 +325,39 @@ class StreamSession:
         n = len(frames) if flush else len(frames) // 2 * 2
         if n == 0:
             return st
-        batch, st.pending_frames = frames[:n], frames[n:]
+        batch = frames[:n]
         model = self.model
         step = 2 * VISION_BATCH_PATCHES  # vision tower in slices (frames are independent there): bounded activations
         patches = [p for i in range(0, n, step)
                    for p in model.backbone.encode_frames(np.stack([f for _, f in batch[i:i + step]]))]
-        times = [t for t, _ in batch] + [batch[-1][0]]
         main = torch.cat([p.tokens for p in patches])
         hm, wm = patches[0].grid_hw
+        ttt_state = st.ttt
         if self.settings.use_ttt:
-            start = st.video_ids
-            padded = -(-main.shape[0] // model.ttt.cfg.mini_batch) * model.ttt.cfg.mini_batch
-            pos = official_positions((hm, wm), start, padded).to(main.device)
-            y, st.ttt = model.ttt(main[None].to(model.ttt.dtype), pos, st.ttt)
+            mini = model.ttt.cfg.mini_batch
+            pos = official_positions((hm, wm), st.video_ids, -(-main.shape[0] // mini) * mini).to(main.device)
+            y, ttt_state = model.ttt(main[None].to(model.ttt.dtype), pos, st.ttt)
             main = y[0].to(main.dtype)
         feats = main[:, None]
         if patches[0].deepstack is not None:
             feats = torch.cat([feats, torch.cat([p.deepstack for p in patches])], dim=1)
         ids = torch.arange(st.video_ids, st.video_ids + main.shape[0], device=main.device)
-        for i, _ in enumerate(patches):
-            ts = (times[2 * i] + times[min(2 * i + 1, len(batch) - 1)]) / 2
-            st.patches.append(PatchRecord(time=ts, grid_hw=(hm, wm), first_id=st.video_ids + i * hm * wm,
-                                          ts_ids=tuple(self._text_ids(f"<{ts:.1f} seconds>"))))
-        st.video_ids += main.shape[0]
-        st.video = self._video_bank.append(st.video, feats, ids)
-        return st
+        times = [t for t, _ in batch]
+        stamps = [(times[2 * i] + times[min(2 * i + 1, n - 1)]) / 2 for i in range(len(patches))]
+        n_ts = [len(self._text_ids(f"<{ts:.1f} seconds>")) for ts in stamps]
+        video = self._video_bank.append(st.video, feats, ids)
+        return replace(st, ttt=ttt_state, video=video, pending_frames=frames[n:],
+                       patches=st.patches.appended(stamps, (hm, wm), st.video_ids, n_ts),
+                       video_ids=st.video_ids + main.shape[0])
 
     @torch.no_grad()
     def _encode_audio(self, st: SessionState, samples: np.ndarray) -> None:
-        tokens = self.model.audio.encode(samples)
-        tokens = tokens.to(self.model.backbone.dtype)
+        """Encode ``samples`` (the oldest pending audio) into the audio bank, in place on ``st``."""
+        tokens = self.model.audio.encode(samples).to(self.model.backbone.dtype)
         ids = torch.arange(st.audio_ids, st.audio_ids + tokens.shape[0], device=tokens.device)
+        st.audio_log = st.audio_log.appended(st.audio_ids, st.pending_audio_start)
         st.audio_ids += tokens.shape[0]
+        st.pending_audio_start += len(samples) / AUDIO_RATE
         st.audio = self._audio_bank.append(st.audio, tokens, ids)
 
     def flush(self) -> None:
@@ -312,10 +366,9 @@ class StreamSession:
 
     def _flushed(self) -> SessionState:
         """A copy of the state with all pending frames and audio absorbed (the state itself is unchanged)."""
-        st = copy.copy(self.state)
-        st.patches = list(st.patches)
-        st.pending_frames = list(st.pending_frames)
-        st = self._absorb(st, flush=True)
+        st = self._absorb(replace(self.state, pending_frames=list(self.state.pending_frames)), flush=True)
+        if st is self.state:
+            st = replace(st)
         if self.settings.use_audio and len(st.pending_audio):
             self._encode_audio(st, st.pending_audio)
             st.pending_audio = np.zeros(0, dtype=np.float32)
@@ -332,7 +385,7 @@ class StreamSession:
         if not isinstance(question, str) or not question.strip():
             raise ValueError("ask: the question must be a non-empty string")
         st = self._flushed()
-        if not st.patches and st.audio is None:
+        if len(st.patches) == 0 and st.audio is None:
             raise ValueError("ask: nothing has been fed yet")
         embeds, positions, visual_mask, deepstack = self._prompt(st, question)
         out = self.model.backbone.generate(embeds, positions, visual_mask, deepstack,
@@ -340,82 +393,83 @@ class StreamSession:
         self._questions += 1
         return self.model.backbone.tokenizer.decode(out, skip_special_tokens=True).strip()
 
+    def _audio_patch(self, st: SessionState, ids: np.ndarray) -> np.ndarray:
+        """Temporal patch of each audio token id (by time; audio after the last patch goes to it)."""
+        patch_seconds = 2.0 / self.settings.fps
+        k = np.floor(st.audio_log.times(ids) / patch_seconds + 1e-9).astype(np.int64)
+        return np.clip(k, 0, max(len(st.patches) - 1, 0))
+
+    def _audio_counts(self, st: SessionState) -> np.ndarray:
+        """Audio tokens of every temporal patch's time span, [n_patches]."""
+        n = len(st.patches)
+        if n == 0 or st.audio_ids == 0:
+            return np.zeros(n, dtype=np.int64)
+        return np.bincount(self._audio_patch(st, np.arange(st.audio_ids)), minlength=n)
+
     def _prompt(self, st: SessionState, question: str) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Input embeddings [L, D], positions [3, L], visual mask [L], deepstack [k, n_visual, D]."""
         bb = self.model.backbone
         tok = bb.tokens
-        device = bb.device
         pieces: list[Tensor] = []
         positions: list[Tensor] = []
         visual: list[Tensor] = []
         deep: list[Tensor] = []
 
         def add_text(ids: list[int], pos: int) -> int:
-            if ids:
-                pieces.append(bb.embed(torch.tensor(ids)))
-                positions.append(torch.arange(pos, pos + len(ids)).view(1, -1).expand(3, -1))
-                visual.append(torch.zeros(len(ids), dtype=torch.bool))
+            pieces.append(bb.embed(torch.tensor(ids)))
+            positions.append(torch.arange(pos, pos + len(ids)).view(1, -1).expand(3, -1))
+            visual.append(torch.zeros(len(ids), dtype=torch.bool))
             return pos + len(ids)
 
-        pos = add_text([tok.im_start] + self._text_ids("user\n"), 0)
-        v_ids = st.video.ids.cpu() if st.video is not None else torch.zeros(0, dtype=torch.long)
-        a_ids = st.audio.ids.cpu() if st.audio is not None else torch.zeros(0, dtype=torch.long)
-        patch_seconds = 2.0 / self.settings.fps
-        a_patch = torch.floor(a_ids.double() / AUDIO_TOKENS_PER_SECOND / patch_seconds).long()
-        a_patch = a_patch.clamp(max=max(len(st.patches) - 1, 0))  # the last patch takes the remainder
-        a_counts = self._audio_counts(st, len(st.patches))
-        v_start = torch.tensor([p.first_id for p in st.patches] + [st.video_ids])
-        v_patch = torch.searchsorted(v_start, v_ids, right=True) - 1
-        for k, rec in enumerate(st.patches):
-            v_sel = (v_patch == k).nonzero().flatten()
-            a_sel = (a_patch == k).nonzero().flatten()
-            hm, wm = rec.grid_hw
-            n_audio = a_counts[k]
-            if len(v_sel) == 0 and len(a_sel) == 0:
-                pos += len(rec.ts_ids) + 2 + max(hm, wm) + n_audio
-                continue
-            pos = add_text(list(rec.ts_ids) + [tok.vision_start], pos)
-            if len(v_sel):
-                local = v_ids[v_sel] - rec.first_id
-                rows, cols = local // wm, local % wm
-                pieces.append(st.video.tokens[v_sel.to(st.video.tokens.device), 0].to(device))
-                positions.append(torch.stack([torch.full_like(rows, pos), pos + rows, pos + cols]))
-                visual.append(torch.ones(len(v_sel), dtype=torch.bool))
-                if st.video.tokens.shape[1] > 1:
-                    deep.append(st.video.tokens[v_sel.to(st.video.tokens.device), 1:].to(device))
-            pos += max(hm, wm)
-            if len(a_sel):
-                first_audio = int(sum(a_counts[:k]))
-                local = a_ids[a_sel] - first_audio
-                pieces.append(st.audio.tokens[a_sel.to(st.audio.tokens.device)].to(device))
-                positions.append((pos + local).view(1, -1).expand(3, -1))
-                visual.append(torch.zeros(len(a_sel), dtype=torch.bool))
-            pos += n_audio
-            pos = add_text([tok.vision_end], pos)
-        if len(st.patches) == 0 and len(a_ids):
-            pieces.append(st.audio.tokens.to(device))
-            positions.append((pos + torch.arange(len(a_ids))).view(1, -1).expand(3, -1))
-            visual.append(torch.zeros(len(a_ids), dtype=torch.bool))
+        def add_tokens(tokens: Tensor, pos: Tensor, is_visual: bool) -> None:
+            pieces.append(tokens.to(bb.device))
+            positions.append(pos)
+            visual.append(torch.full((len(tokens),), is_visual, dtype=torch.bool))
+
+        prefix = [tok.im_start] + self._text_ids("user\n")
+        pos = add_text(prefix, 0)
+        log = st.patches
+        v_ids = st.video.ids.cpu().numpy() if st.video is not None else np.zeros(0, dtype=np.int64)
+        a_ids = st.audio.ids.cpu().numpy() if st.audio is not None else np.zeros(0, dtype=np.int64)
+        if len(log):
+            a_counts = self._audio_counts(st)
+            block = log.grid.max(axis=1)
+            # full-layout position of each patch's first token: timestamp, vision_start, video block, audio, end
+            sizes = log.n_ts + 1 + block + a_counts + 1
+            starts = pos + np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            v_patch = np.searchsorted(log.first_id, v_ids, side="right") - 1
+            a_patch = self._audio_patch(st, a_ids)
+            a_first = np.concatenate([[0], np.cumsum(a_counts)[:-1]])
+            for k in np.union1d(v_patch, a_patch):
+                v_sel = np.nonzero(v_patch == k)[0]
+                a_sel = np.nonzero(a_patch == k)[0]
+                ts = f"<{log.times[k]:.1f} seconds>"
+                p = add_text(self._text_ids(ts) + [tok.vision_start], int(starts[k]))
+                if len(v_sel):
+                    local = torch.from_numpy(v_ids[v_sel] - log.first_id[k])
+                    wm = int(log.grid[k, 1])
+                    rows, cols = local // wm, local % wm
+                    sel = torch.from_numpy(v_sel).to(st.video.tokens.device)
+                    add_tokens(st.video.tokens[sel, 0], torch.stack([torch.full_like(rows, p), p + rows, p + cols]),
+                               True)
+                    if st.video.tokens.shape[1] > 1:
+                        deep.append(st.video.tokens[sel, 1:].to(bb.device))
+                p += int(block[k])
+                if len(a_sel):
+                    local = torch.from_numpy(a_ids[a_sel] - a_first[k])
+                    add_tokens(st.audio.tokens[torch.from_numpy(a_sel).to(st.audio.tokens.device)],
+                               (p + local).view(1, -1).expand(3, -1), False)
+                add_text([tok.vision_end], p + int(a_counts[k]))
+            pos = int(starts[-1] + sizes[-1])
+        elif len(a_ids):
+            add_tokens(st.audio.tokens, (pos + torch.from_numpy(a_ids)).view(1, -1).expand(3, -1), False)
             pos += int(st.audio_ids)
         tail = self._text_ids("\n" + question.strip()) + [tok.im_end] + self._text_ids("\n")
-        tail += [tok.im_start] + self._text_ids("assistant\n")
-        add_text(tail, pos)
+        add_text(tail + [tok.im_start] + self._text_ids("assistant\n"), pos)
         embeds = torch.cat([p.to(bb.dtype) for p in pieces])
         mask = torch.cat(visual)
         deepstack = torch.cat(deep).permute(1, 0, 2).contiguous() if deep else None
         return embeds, torch.cat(positions, dim=1), (mask if deepstack is not None else None), deepstack
-
-    def _audio_counts(self, st: SessionState, n_patches: int) -> list[int]:
-        """Audio tokens in each temporal patch's time span (the last patch takes the remainder)."""
-        counts = [0] * n_patches
-        if n_patches == 0:
-            return counts
-        per_patch = int(round(AUDIO_TOKENS_PER_SECOND * 2.0 / self.settings.fps))
-        total = st.audio_ids
-        for k in range(n_patches):
-            counts[k] = min(per_patch, max(0, total - k * per_patch))
-        counts[-1] += max(0, total - n_patches * per_patch)
-        return counts
 
     # telemetry and persistence ----------------------------------------------------------------------
 
@@ -426,8 +480,7 @@ class StreamSession:
             mem += sum(t.numel() * t.element_size() for t in st.ttt.tensors().values())
         seconds = 0.0 if st.last_time is None else st.last_time + 1.0 / self.settings.fps
         return SessionStats(
-            frames=st.frames, seconds=seconds,
-            audio_seconds=st.audio_ids / AUDIO_TOKENS_PER_SECOND + len(st.pending_audio) / AUDIO_RATE,
+            frames=st.frames, seconds=seconds, audio_seconds=st.audio_samples / AUDIO_RATE,
             video_tokens_in=st.video_ids, audio_tokens_in=st.audio_ids,
             video_tokens_held=0 if st.video is None else len(st.video),
             audio_tokens_held=0 if st.audio is None else len(st.audio),
@@ -435,6 +488,11 @@ class StreamSession:
             frames_per_second=st.frames / self._busy_seconds if self._busy_seconds > 0 else 0.0,
             questions=self._questions,
         )
+
+    def _model_fingerprint(self) -> dict:
+        spec = self.model.spec
+        return {"backbone_type": spec.backbone_type, "hidden_size": self.model.hidden_size, "ttt": spec.ttt,
+                "audio": spec.audio, "vocab": len(self.model.backbone.tokenizer)}
 
     def save(self, path: str | Path) -> Path:
         """Write the whole memory state (exact round trip with :meth:`load`)."""
@@ -449,12 +507,15 @@ class StreamSession:
         if st.pending_frames:
             tensors["pending.frames"] = torch.from_numpy(np.stack([f for _, f in st.pending_frames]))
         tensors["pending.audio"] = torch.from_numpy(st.pending_audio.copy())
+        for name in ("times", "grid", "first_id", "n_ts"):
+            tensors[f"patches.{name}"] = torch.from_numpy(getattr(st.patches, name).copy())
+        tensors["audio_log.first_id"] = torch.from_numpy(st.audio_log.first_id.copy())
+        tensors["audio_log.start"] = torch.from_numpy(st.audio_log.start.copy())
         meta = {
-            "format": SESSION_FORMAT, "settings": asdict(self.settings), "model": self.model.source,
-            "patches": [[p.time, p.grid_hw[0], p.grid_hw[1], p.first_id, list(p.ts_ids)] for p in st.patches],
-            "pending_times": [t for t, _ in st.pending_frames], "audio_start": st.audio_start,
-            "video_ids": st.video_ids, "audio_ids": st.audio_ids, "frames": st.frames,
-            "last_time": st.last_time, "drops": st.drops,
+            "format": SESSION_FORMAT, "settings": asdict(self.settings), "model": self._model_fingerprint(),
+            "pending_times": [t for t, _ in st.pending_frames], "pending_audio_start": st.pending_audio_start,
+            "video_ids": st.video_ids, "audio_ids": st.audio_ids, "audio_samples": st.audio_samples,
+            "frames": st.frames, "last_time": st.last_time, "drops": st.drops, "questions": self._questions,
         }
         path = Path(path)
         torch.save({"meta": meta, "tensors": tensors}, path)
@@ -462,30 +523,41 @@ class StreamSession:
 
     @classmethod
     def load(cls, path: str | Path, model: AVMemModel) -> "StreamSession":
-        """Restore a session saved by :meth:`save` onto ``model``."""
+        """Restore a session saved by :meth:`save` onto the same ``model``.
+
+        Raises:
+            ValueError: not a session file, or saved with a different model.
+        """
         try:
             blob = torch.load(Path(path), weights_only=True, map_location="cpu")
             meta, tensors = blob["meta"], blob["tensors"]
+            fmt = meta.get("format")
         except Exception as exc:  # torch raises many types for foreign files
             raise ValueError(f"{path}: not an avmem session file ({type(exc).__name__})") from None
-        if meta.get("format") != SESSION_FORMAT:
-            raise ValueError(f"{path}: unsupported session format {meta.get('format')!r}")
-        session = cls(model, SessionSettings(**meta["settings"]))
-        device = model.device
-        st = session.state
-        if "ttt.fast.W1" in tensors:
-            ttt_tensors = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ttt.")}
-            st.ttt = TTTState.from_tensors(ttt_tensors)
-        for name in ("video", "audio"):
-            if f"{name}.tokens" in tensors:
-                bank = BankState(tokens=tensors[f"{name}.tokens"].to(device), ids=tensors[f"{name}.ids"].to(device))
-                setattr(st, name, bank)
-        st.patches = [PatchRecord(time=p[0], grid_hw=(int(p[1]), int(p[2])), first_id=int(p[3]), ts_ids=tuple(p[4]))
-                      for p in meta["patches"]]
-        if "pending.frames" in tensors:
-            st.pending_frames = list(zip(meta["pending_times"], list(tensors["pending.frames"].numpy())))
-        st.pending_audio = tensors["pending.audio"].numpy()
-        st.audio_start = meta["audio_start"]
-        st.video_ids, st.audio_ids, st.frames = meta["video_ids"], meta["audio_ids"], meta["frames"]
-        st.last_time, st.drops = meta["last_time"], meta["drops"]
+        if fmt != SESSION_FORMAT:
+            raise ValueError(f"{path}: unsupported session format {fmt!r}")
+        try:
+            session = cls(model, SessionSettings(**meta["settings"]))
+            if meta["model"] != session._model_fingerprint():
+                raise ValueError(f"{path}: saved with a different model ({meta['model']['backbone_type']}, hidden "
+                                 f"{meta['model']['hidden_size']}); load it with the model it was made with")
+            device = model.device
+            st = session.state
+            if "ttt.fast.W1" in tensors:
+                st.ttt = TTTState.from_tensors({k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ttt.")})
+            for name in ("video", "audio"):
+                if f"{name}.tokens" in tensors:
+                    setattr(st, name, BankState(tokens=tensors[f"{name}.tokens"].to(device),
+                                                ids=tensors[f"{name}.ids"].to(device)))
+            st.patches = PatchLog(**{n: tensors[f"patches.{n}"].numpy() for n in ("times", "grid", "first_id", "n_ts")})
+            st.audio_log = AudioLog(tensors["audio_log.first_id"].numpy(), tensors["audio_log.start"].numpy())
+            if "pending.frames" in tensors:
+                st.pending_frames = list(zip(meta["pending_times"], list(tensors["pending.frames"].numpy())))
+            st.pending_audio = tensors["pending.audio"].numpy()
+            st.pending_audio_start = meta["pending_audio_start"]
+            st.video_ids, st.audio_ids, st.audio_samples = meta["video_ids"], meta["audio_ids"], meta["audio_samples"]
+            st.frames, st.last_time, st.drops = meta["frames"], meta["last_time"], meta["drops"]
+            session._questions = meta["questions"]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: incomplete session file ({type(exc).__name__}: {exc})") from None
         return session

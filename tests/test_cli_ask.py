@@ -95,3 +95,59 @@ def test_stream_answers_questions_from_stdin(clip):
     out, err = proc.communicate("What is on screen?\n", timeout=120)
     assert proc.returncode == 0, err
     assert out.startswith("A: ") and "s watched" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--device", "foo"], "unknown device"),
+    (["--device", "cuda:7"], "CUDA"),
+    (["--cg-iters", "-1"], "--cg-iters"),
+])
+def test_bad_runtime_options(clip, args, needle):
+    import torch
+
+    if "cuda" in args[-1] and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    result = runner.invoke(app, ["ask", str(clip), "-q", "x", "--model", "tiny-qwen3-vl", *args])
+    assert result.exit_code == 2 and needle in result.stderr, result.output
+
+
+def test_corrupt_checkpoint_is_one_line(tmp_path):
+    from avmem.model import load_model
+
+    folder = load_model("tiny-qwen3-vl").save_pretrained(tmp_path / "m")
+    (folder / "backbone" / "model.safetensors").write_bytes(b"garbage" * 100)
+    clip = write_test_pattern_clip(tmp_path / "c.mp4", seconds=2, fps=5, size=(64, 64))
+    result = runner.invoke(app, ["ask", str(clip), "-q", "x", "--model", str(folder)])
+    assert result.exit_code == 2 and "cannot load the backbone" in result.stderr, result.output
+
+
+def test_stream_reports_a_dead_source_without_waiting_for_input(tmp_path):
+    """A live source that stops sending times out and the command exits 2, even with stdin left open."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    def accept_and_stall():
+        conn, _ = server.accept()
+        conn.recv(4096)
+        time.sleep(30)
+        conn.close()
+
+    threading.Thread(target=accept_and_stall, daemon=True).start()
+    proc = subprocess.Popen([sys.executable, "-m", "avmem.cli", "stream", f"http://127.0.0.1:{port}/live.ts",
+                             "--model", "tiny-qwen3-vl", "--timeout", "2"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.wait(timeout=60)  # stdin is left open: the command must not wait for a question
+        err = proc.stderr.read()
+    finally:
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.stderr.close()
+        server.close()
+    assert proc.returncode == 2, err
+    assert err.strip().splitlines()[-1].startswith("avmem: error:")

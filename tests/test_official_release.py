@@ -86,3 +86,31 @@ def test_refuses_missing_audio_unpaired_lora_and_bad_config(release, tmp_path):
     cfg.write_text(json.dumps({"r": 0, "lora_alpha": 8}))
     with pytest.raises(ValueError, match="'r'"):
         load_model(root)
+
+
+def test_refuses_missing_lag_tensors_foreign_tensors_and_partial_lora(release, tmp_path):
+    root = copy_release(release[0], tmp_path / "d")
+    file = root / "video_salmonn_s_ttt_lora" / "adapter_model.safetensors"
+    tensors = load_file(str(file))
+    lagless = {k: v for k, v in tensors.items() if "lag_linear" not in k}
+    save_file(lagless, str(file))
+    with pytest.raises(ValueError, match="ttt_layers.ttt.lag_linear"):
+        load_model(root)
+
+    foreign = dict(tensors)
+    foreign["base_model.model.model.visual.merger.extra"] = torch.zeros(2)
+    save_file(foreign, str(file))
+    with pytest.raises(ValueError, match="neither LoRA nor the TTT"):
+        load_model(root)
+
+    partial = {k: v for k, v in tensors.items() if "layers.1.self_attn.v_proj.lora" not in k}
+    save_file(partial, str(file))
+    with pytest.raises(ValueError, match="no LoRA pair for 'model.language_model.layers.1.self_attn.v_proj'"):
+        load_model(root)
+
+    save_file(tensors, str(file))
+    cfg = root / "video_salmonn_s_ttt_lora" / "adapter_config.json"
+    data = json.loads(cfg.read_text())
+    cfg.write_text(json.dumps({**data, "use_dora": True}))
+    with pytest.raises(ValueError, match="use_dora"):
+        load_model(root)

@@ -75,9 +75,9 @@ def test_prompt_positions_follow_the_full_layout(model):
     embeds, pos, mask, deep = s._prompt(st, "Which colour?")
     assert embeds.shape[0] == pos.shape[1] and pos.shape[0] == 3
     assert bool((pos[0, 1:] >= pos[0, :-1]).all())  # temporal positions never go back
-    hm, wm = st.patches[0].grid_hw
+    hm, wm = (int(v) for v in st.patches.grid[0])
     n_prefix = 1 + len(s._text_ids("user\n"))
-    n_ts = len(st.patches[0].ts_ids)
+    n_ts = int(st.patches.n_ts[0])
     full_patch = n_ts + 2 + max(hm, wm)  # timestamp, vision_start, video block, vision_end (no audio)
     assert int(pos.max()) < n_prefix + 4 * full_patch + 64
     # video tokens: t position is the block start, h/w offsets within the merged grid
@@ -142,33 +142,36 @@ def test_model_folder_round_trip_and_missing_tensors(model, tmp_path):
         load_model(folder)
 
 
-def test_positions_equal_transformers_get_rope_index_on_the_uncompressed_layout(tmp_path):
+@pytest.mark.parametrize("fps", [1.0, 3.0, 0.5])
+def test_positions_equal_transformers_get_rope_index_on_the_uncompressed_layout(tmp_path, fps):
     """With memories large enough to keep everything, our positions are exactly those that Qwen3-VL's own
     get_rope_index gives the full official token sequence (timestamps, vision_start, video pads, audio
-    pads as text, vision_end)."""
+    pads as text, vision_end), at any frame rate."""
     import os
 
     os.environ.setdefault("AVMEM_CACHE", str(tmp_path / "cache"))
     model = load_model("tiny-qwen3-vl")
-    s = StreamSession(model, video_tokens=4096, audio_tokens=4096, chunk_frames=4)
+    s = StreamSession(model, video_tokens=4096, audio_tokens=4096, chunk_frames=4, fps=fps)
     for i, f in enumerate(frames(7, seed=4)):
-        s.feed(frames=f, t=float(i))
+        s.feed(frames=f, t=i / fps)
     s.feed(audio=tone(9.0), audio_t=0.0)
     st = s._flushed()
     _, pos, mask, _ = s._prompt(st, "Which colour?")
     tok = model.backbone.tokens
     ids = [tok.im_start] + s._text_ids("user\n")
-    counts = s._audio_counts(st, len(st.patches))
-    for rec, n_audio in zip(st.patches, counts):
-        ids += list(rec.ts_ids) + [tok.vision_start] + [tok.video_pad] * rec.n_video + [tok.audio_pad] * n_audio
-        ids += [tok.vision_end]
+    counts = s._audio_counts(st)
+    assert counts.sum() == st.audio_ids == 18
+    for k in range(len(st.patches)):
+        n_video = int(st.patches.grid[k].prod())
+        ids += s._text_ids(f"<{st.patches.times[k]:.1f} seconds>") + [tok.vision_start] + [tok.video_pad] * n_video
+        ids += [tok.audio_pad] * int(counts[k]) + [tok.vision_end]
     ids += s._text_ids("\nWhich colour?") + [tok.im_end] + s._text_ids("\n") + [tok.im_start]
     ids += s._text_ids("assistant\n")
     input_ids = torch.tensor([ids])
     types = (input_ids == tok.video_pad).int() * 2  # 0 text, 1 image, 2 video
-    hm, wm = st.patches[0].grid_hw
+    hm, wm = (int(v) for v in st.patches.grid[0])
     grid = torch.tensor([[len(st.patches), 2 * hm, 2 * wm]])
     ref, _ = model.backbone.model.model.get_rope_index(input_ids, mm_token_type_ids=types, video_grid_thw=grid)
     assert pos.shape[1] == len(ids)
     assert torch.equal(pos, ref[:, 0])
-    assert int(mask.sum()) == sum(r.n_video for r in st.patches)
+    assert int(mask.sum()) == int(st.patches.grid.prod(axis=1).sum())

@@ -28,6 +28,8 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
 )
 
+from safetensors import SafetensorError
+
 from .tokenizer import PromptTokens
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -84,15 +86,18 @@ def patchify(frames: np.ndarray | Tensor, spec: VisionSpec) -> tuple[Tensor, tup
     return pix.reshape(gt * gh * gw, 3 * tp * p * p), (gt, gh, gw)
 
 
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bicubic (antialiased) resize of frames [T, H, W, 3] uint8 to ``size`` = (height, width)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    y = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def fit_to_factor(frames: np.ndarray, factor: int) -> np.ndarray:
-    """Resize frames [T, H, W, 3] uint8 to the nearest multiples of ``factor`` (bicubic) if needed."""
+    """Resize frames [T, H, W, 3] uint8 to the nearest multiples of ``factor`` if needed."""
     t, h, w, _ = frames.shape
     nh, nw = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
-    if (nh, nw) == (h, w):
-        return frames
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    y = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
-    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return frames if (nh, nw) == (h, w) else resize_frames(frames, (nh, nw))
 
 
 class QwenVLBackbone:
@@ -132,9 +137,17 @@ class QwenVLBackbone:
     @classmethod
     def from_pretrained(cls, path: str | Path, need_audio: bool = False, dtype: torch.dtype | None = None,
                         device: str | torch.device = "cpu") -> "QwenVLBackbone":
-        """Load model, tokenizer and the processor's normalisation from a local folder or hub id."""
-        model = cls.model_class.from_pretrained(str(path), dtype=dtype or "auto").to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        """Load model, tokenizer and the processor's normalisation from a local folder or hub id.
+
+        Raises:
+            ValueError: unreadable or incomplete weights, config or tokenizer (one line).
+        """
+        try:
+            model = cls.model_class.from_pretrained(str(path), dtype=dtype or "auto").to(device).eval()
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, RuntimeError, SafetensorError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{path}: cannot load the backbone ({first})") from None
         mean = std = None
         pre = Path(str(path)) / "preprocessor_config.json"
         if pre.is_file():

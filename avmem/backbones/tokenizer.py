@@ -51,6 +51,9 @@ class PromptTokens:
         eos = {ids["<|im_end|>"]}
         if tokenizer.eos_token_id is not None:
             eos.add(int(tokenizer.eos_token_id))
+        end_of_text = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        if isinstance(end_of_text, int) and end_of_text >= 0 and end_of_text != tokenizer.unk_token_id:
+            eos.add(end_of_text)
         return cls(
             im_start=ids["<|im_start|>"], im_end=ids["<|im_end|>"], vision_start=ids["<|vision_start|>"],
             vision_end=ids["<|vision_end|>"], video_pad=ids["<|video_pad|>"], audio_pad=ids["<|audio_pad|>"],
