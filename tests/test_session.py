@@ -175,3 +175,36 @@ def test_positions_equal_transformers_get_rope_index_on_the_uncompressed_layout(
     assert pos.shape[1] == len(ids)
     assert torch.equal(pos, ref[:, 0])
     assert int(mask.sum()) == int(st.patches.grid.prod(axis=1).sum())
+
+
+def test_pushed_frames_follow_the_pixel_budget_and_audio_clock_survives_flush(model):
+    s = StreamSession(model, max_pixels=64 * 64 * 2, chunk_frames=4, video_tokens=512)
+    big = np.zeros((1080, 1920, 3), dtype=np.uint8)
+    s.feed(frames=[big, big], t=[0.0, 1.0])
+    s.flush()
+    hm, wm = (int(v) for v in s.state.patches.grid[0])
+    factor = model.backbone.vision.factor
+    assert (hm * factor) * (wm * factor) <= 64 * 64 * 2 and wm > hm  # within budget, landscape kept
+    s.feed(audio=tone(10.3), audio_t=0.0)
+    s.flush()
+    s.feed(audio=tone(5.0), audio_t=10.3)  # continues exactly where the flushed audio ended
+    st = s.state
+    assert st.audio_samples == int(10.3 * 16000) + 5 * 16000
+    assert np.allclose(st.audio_log.start, [0.0])
+    assert abs(st.pending_audio_start - 10.3) < 1e-9 and len(st.pending_audio) == 5 * 16000
+    s.flush()
+    assert np.allclose(s.state.audio_log.start, [0.0, 10.3])
+    times = s.state.audio_log.times(np.arange(s.state.audio_ids))
+    assert times[21] == pytest.approx(10.3) and times[-1] == pytest.approx(10.3 + 4.5)
+
+
+def test_session_file_from_another_model_is_refused(model, tmp_path):
+    other = load_model("tiny-qwen2.5-vl" if model.spec.backbone_type == "qwen3_vl" else "tiny-qwen3-vl")
+    s = StreamSession(model, use_audio=False, chunk_frames=4)
+    s.feed(frames=frames(2), t=[0.0, 1.0])
+    path = s.save(tmp_path / "s.avmem")
+    with pytest.raises(ValueError, match="different model"):
+        StreamSession.load(path, other)
+    (tmp_path / "junk.avmem").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not an avmem session file"):
+        StreamSession.load(tmp_path / "junk.avmem", model)
