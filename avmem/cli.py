@@ -25,6 +25,18 @@ class Update(str, Enum):
     muon = "muon"
 
 
+MODEL_OPT = typer.Option(None, "--model", help="Model folder, hub id, or tiny-qwen3-vl / tiny-qwen2.5-vl.")
+FPS_OPT = typer.Option(1.0, help="Frames per second taken from the video.")
+MAX_PIXELS_OPT = typer.Option(176400, help="Pixel budget per frame (the released 420^2).")
+VIDEO_TOKENS_OPT = typer.Option(16384, help="Video token memory size.")
+AUDIO_TOKENS_OPT = typer.Option(4096, help="Audio token memory size.")
+NO_AUDIO_OPT = typer.Option(False, "--no-audio", help="Ignore the audio track.")
+NO_TTT_OPT = typer.Option(False, "--no-ttt", help="Bypass the TTT memory layer.")
+CG_ITERS_OPT = typer.Option(None, help="CG iterations of the TTT update (release default 0; paper: 3).")
+VIDEO_POLICY_OPT = typer.Option("discard", help="Video memory: discard (paper), discard-prev (released), merge.")
+AUDIO_POLICY_OPT = typer.Option("merge", help="Audio memory: merge (released), discard, discard-prev.")
+
+
 def user_errors(fn):
     """Turn a ValueError (bad input) into a one-line message and exit code 2."""
 
@@ -138,16 +150,16 @@ def _telemetry(session, elapsed: float) -> dict:
 def ask(
     source: str = typer.Argument(..., help="Video file or URL of a recording."),
     question: list[str] = typer.Option(..., "-q", "--question", help="A question (repeat for several)."),
-    model: str = typer.Option(None, "--model", help="Model folder, hub id, or tiny-qwen3-vl / tiny-qwen2.5-vl."),
-    fps: float = typer.Option(1.0, help="Frames per second taken from the video."),
-    max_pixels: int = typer.Option(176400, help="Pixel budget per frame (the released 420^2)."),
-    video_tokens: int = typer.Option(16384, help="Video token memory size."),
-    audio_tokens: int = typer.Option(4096, help="Audio token memory size."),
-    no_audio: bool = typer.Option(False, "--no-audio", help="Ignore the audio track."),
-    no_ttt: bool = typer.Option(False, "--no-ttt", help="Bypass the TTT memory layer."),
-    cg_iters: int = typer.Option(None, help="CG iterations of the TTT update (release default 0; paper: 3)."),
-    video_policy: str = typer.Option("discard", help="Video memory: discard (paper), discard-prev (released), merge."),
-    audio_policy: str = typer.Option("merge", help="Audio memory: merge (released), discard, discard-prev."),
+    model: str = MODEL_OPT,
+    fps: float = FPS_OPT,
+    max_pixels: int = MAX_PIXELS_OPT,
+    video_tokens: int = VIDEO_TOKENS_OPT,
+    audio_tokens: int = AUDIO_TOKENS_OPT,
+    no_audio: bool = NO_AUDIO_OPT,
+    no_ttt: bool = NO_TTT_OPT,
+    cg_iters: int = CG_ITERS_OPT,
+    video_policy: str = VIDEO_POLICY_OPT,
+    audio_policy: str = AUDIO_POLICY_OPT,
     max_new_tokens: int = typer.Option(64, help="Answer length limit."),
     device: str = typer.Option("cpu", help="torch device."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -225,14 +237,16 @@ def info(
 @user_errors
 def stream(
     url: str = typer.Argument(..., help="Live URL (http/HLS/RTSP/...) or capture device such as /dev/video0."),
-    model: str = typer.Option(None, "--model", help="Model folder, hub id, or tiny-qwen3-vl / tiny-qwen2.5-vl."),
-    fps: float = typer.Option(1.0, help="Frames per second taken from the stream."),
-    max_pixels: int = typer.Option(176400, help="Pixel budget per frame."),
-    video_tokens: int = typer.Option(16384, help="Video token memory size."),
-    audio_tokens: int = typer.Option(4096, help="Audio token memory size."),
-    no_audio: bool = typer.Option(False, "--no-audio", help="Ignore the audio track."),
-    no_ttt: bool = typer.Option(False, "--no-ttt", help="Bypass the TTT memory layer."),
-    cg_iters: int = typer.Option(None, help="CG iterations of the TTT update (release default 0; paper: 3)."),
+    model: str = MODEL_OPT,
+    fps: float = FPS_OPT,
+    max_pixels: int = MAX_PIXELS_OPT,
+    video_tokens: int = VIDEO_TOKENS_OPT,
+    audio_tokens: int = AUDIO_TOKENS_OPT,
+    no_audio: bool = NO_AUDIO_OPT,
+    no_ttt: bool = NO_TTT_OPT,
+    cg_iters: int = CG_ITERS_OPT,
+    video_policy: str = VIDEO_POLICY_OPT,
+    audio_policy: str = AUDIO_POLICY_OPT,
     timeout: float = typer.Option(10.0, help="Seconds to wait for data before giving up."),
     device: str = typer.Option("cpu", help="torch device."),
 ) -> None:
@@ -243,7 +257,8 @@ def stream(
 
     _, session = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
                               audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=cg_iters,
-                              device=device, max_new_tokens=64)
+                              device=device, max_new_tokens=64, video_policy=video_policy,
+                              audio_policy=audio_policy)
     source = LiveSource(url, fps=fps, audio=session.settings.use_audio, max_pixels=max_pixels,
                         factor=session.model.backbone.vision.factor, timeout=timeout)
     lock = threading.Lock()
