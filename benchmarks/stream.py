@@ -43,7 +43,14 @@ def run_one(args: argparse.Namespace) -> None:
         "audio_held": st.audio_tokens_held, "video_in": st.video_tokens_in, "memory_bytes": st.memory_bytes,
         "elapsed_s": elapsed, "x_realtime": st.seconds / elapsed,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "answer_chars": len(answer),
+        "end_rss_mb": _current_rss_mb(),
     }))
+
+
+def _current_rss_mb() -> float:
+    """Resident set size now (Linux /proc), MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def main() -> None:
@@ -77,12 +84,15 @@ def main() -> None:
             rows.append(json.loads(out))
     print(f"model {args.model} on {args.device}, {height}x{width} clips at 1 FPS with audio, memory "
           f"{args.video_tokens} video + {args.audio_tokens} audio tokens, max_pixels {args.max_pixels}\n")
-    print("| clip s | frames | video tokens seen | held (video+audio) | memory MiB | peak RSS MB | elapsed s | x real time |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| clip s | frames | video tokens seen | held (video+audio) | memory MiB | peak RSS MB | RSS at end MB "
+          "| elapsed s | x real time |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['seconds']:.0f} | {r['frames']} | {r['video_in']} | {r['video_held']}+{r['audio_held']} | "
-              f"{r['memory_bytes'] / 2**20:.1f} | {r['peak_rss_mb']:.0f} | {r['elapsed_s']:.1f} | {r['x_realtime']:.1f} |")
-    print(f"\npeak RSS ratio long/short: {rows[1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.3f} (target <= 1.1)")
+              f"{r['memory_bytes'] / 2**20:.1f} | {r['peak_rss_mb']:.0f} | {r['end_rss_mb']:.0f} | "
+              f"{r['elapsed_s']:.1f} | {r['x_realtime']:.1f} |")
+    print(f"\nlong/short ratio: peak RSS {rows[1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.3f} (target <= 1.1), "
+          f"RSS at end {rows[1]['end_rss_mb'] / rows[0]['end_rss_mb']:.3f}")
 
 
 if __name__ == "__main__":
