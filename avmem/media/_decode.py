@@ -140,13 +140,20 @@ class FrameShaper:
     def __init__(self, name: str, budget: PixelBudget, sar: Fraction, warn: Callable[[str], None]) -> None:
         self.name, self.budget, self.sar, self.warn = name, budget, sar, warn
         self._plans: dict[tuple[int, int, Orientation], tuple[int, int]] = {}
+        self._orientations: dict[tuple[int, int], Orientation] = {}
         self._noted = False
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        orient, note = orientation_of(frame)
-        if note and not self._noted:
-            self._noted = True
-            self.warn(note)
+        # The display matrix is read from the first frame of each coded size only: touching
+        # ``frame.side_data`` on every frame makes PyAV retain native memory (RSS grew by ~80 MB per 3000
+        # frames), and rotation metadata belongs to the stream, not to single frames.
+        orient = self._orientations.get((frame.width, frame.height))
+        if orient is None:
+            orient, note = orientation_of(frame)
+            self._orientations[(frame.width, frame.height)] = orient
+            if note and not self._noted:
+                self._noted = True
+                self.warn(note)
         key = (frame.width, frame.height, orient)
         plan = self._plans.get(key)
         if plan is None:
