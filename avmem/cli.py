@@ -319,6 +319,9 @@ def version() -> None:
 
 
 def main() -> None:
+    from .runtime import pin_malloc_mmap_threshold
+
+    pin_malloc_mmap_threshold()
     app()
 
 

@@ -40,7 +40,7 @@ from .model import AVMemModel
 SESSION_FORMAT = "avmem-session/1"
 AUDIO_RATE = 16000
 AUDIO_TOKENS_PER_SECOND = 2
-VISION_BATCH_PATCHES = 8
+VISION_BATCH_PATCHES = 4
 POLICIES: dict[str, type[CompressionPolicy]] = {
     "discard": NextSimilarityDiscard,
     "discard-prev": PreviousSimilarityDiscard,

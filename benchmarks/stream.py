@@ -26,8 +26,10 @@ def run_one(args: argparse.Namespace) -> None:
     import torch
 
     from avmem.model import load_model
+    from avmem.runtime import pin_malloc_mmap_threshold
     from avmem.session import StreamSession
 
+    pin_malloc_mmap_threshold()  # as the avmem commands do
     torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device)
     session = StreamSession(model, video_tokens=args.video_tokens, audio_tokens=args.audio_tokens,

@@ -274,3 +274,16 @@ def test_cover_art_is_not_a_video_stream(tmp_path):
         FileSource(path)
     chunks = list(FileSource(path, video=False))
     assert sum(len(c.samples) for c in chunks) == pytest.approx(24000, abs=1200)
+
+
+def test_display_matrix_is_read_once_per_frame_geometry(tmp_path, monkeypatch):
+    """Reading frame.side_data on every frame makes PyAV retain memory; it must happen once per size."""
+    from avmem.media import _decode
+    from avmem.synth import write_test_pattern_clip
+
+    calls = []
+    real = _decode.orientation_of
+    monkeypatch.setattr(_decode, "orientation_of", lambda frame: calls.append(1) or real(frame))
+    clip = write_test_pattern_clip(tmp_path / "c.mp4", seconds=6, fps=10, size=(64, 96))
+    items = list(FileSource(clip, fps=1.0, audio=False))
+    assert len(items) == 6 and len(calls) == 1
