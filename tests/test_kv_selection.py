@@ -1,0 +1,140 @@
+"""Budgets (official file format, released formula) and KV selection math against dense computations."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from avmem.memory.kv import (
+    AUDIO,
+    TEXT,
+    VISUAL,
+    BudgetSchedule,
+    LayerBudget,
+    LayerSignals,
+    compute_budgets,
+    joint_topk,
+    omnimem_score,
+    per_layer_topk,
+    prompt_importance,
+    redundancy,
+    select_with_budget,
+)
+
+
+def dense_importance(q, k):
+    heads, _, d = q.shape
+    k = k.repeat_interleave(heads // k.shape[0], dim=0)
+    probs = torch.softmax(q.double() @ k.double().transpose(-2, -1) / math.sqrt(d), dim=-1)  # [H, S, N]
+    return probs.sum(dim=1).mean(dim=0)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 10_000])
+def test_prompt_importance_blockwise_equals_dense(block):
+    q = torch.randn(8, 5, 16) * 2
+    k = torch.randn(2, 50, 16) * 2
+    torch.testing.assert_close(prompt_importance(q, k, block=block).double(), dense_importance(q, k),
+                               rtol=1e-5, atol=1e-6)
+    assert prompt_importance(q, k).sum().item() == pytest.approx(5.0, rel=1e-5)  # each query's mass is 1
+
+
+def test_pd_reader_selects_exactly_what_dense_eq_9_10_selects():
+    """A hand-made case: keys aligned with the prompt queries are the important ones."""
+    torch.manual_seed(0)
+    d = 8
+    prompt = torch.zeros(2, 1, d)
+    prompt[:, 0, 0] = 4.0  # the prompt looks along axis 0
+    layers = []
+    for shift in (0, 3):
+        keys = torch.randn(1, 12, d) * 0.1
+        keys[0, [2 + shift, 5 + shift, 7], 0] = torch.tensor([3.0, 2.0, 1.0])
+        layers.append(keys)
+    imp = [prompt_importance(prompt, keys) for keys in layers]
+    dense = [dense_importance(prompt, keys).float() for keys in layers]
+    chosen = joint_topk(imp, 4)
+    reference = joint_topk(dense, 4)
+    assert [c.tolist() for c in chosen] == [r.tolist() for r in reference]
+    assert chosen[0].tolist() == [2, 5] and chosen[1].tolist() == [5, 8]  # the two strongest of each layer
+    assert [c.tolist() for c in per_layer_topk(imp, 3)] == [[2, 5, 7], [5, 7, 8]]
+
+
+def test_joint_topk_spreads_unevenly_across_layers():
+    a = [torch.tensor([5.0, 4.0, 3.0]), torch.tensor([0.1, 0.2, 9.0])]
+    assert [c.tolist() for c in joint_topk(a, 3)] == [[0, 1], [2]]
+    with pytest.raises(ValueError, match="cannot keep 7"):
+        joint_topk(a, 7)
+
+
+def test_redundancy_and_score():
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    s = redundancy(x)
+    torch.testing.assert_close(s, torch.tensor([2.0, 1.0, 1.0]))  # ends count a missing neighbour as 1
+    attention = torch.tensor([0.5, 0.25, 1.0])
+    score = omnimem_score(s, attention, lam=0.5)
+    torch.testing.assert_close(score, torch.sqrt(1 - s / 2) * attention.sqrt())
+    torch.testing.assert_close(omnimem_score(s, attention, 0.0), torch.sqrt(1 - s / 2))
+
+
+def test_selection_keeps_text_and_never_exceeds_budgets():
+    g = torch.Generator().manual_seed(0)
+    modality = torch.tensor([TEXT] * 3 + [AUDIO] * 10 + [VISUAL] * 30 + [TEXT] * 2)
+    for _ in range(20):
+        score = torch.rand(len(modality), generator=g)
+        for budget in (LayerBudget(audio=4, visual=9), LayerBudget(total=7), LayerBudget(audio=50, visual=1)):
+            kept = select_with_budget(score, modality, budget)
+            kinds = modality[kept]
+            assert int((kinds == TEXT).sum()) == 5
+            if budget.per_modality:
+                assert int((kinds == AUDIO).sum()) == min(10, budget.audio)
+                assert int((kinds == VISUAL).sum()) == min(30, budget.visual)
+            else:
+                assert int((kinds != TEXT).sum()) == 7
+            assert bool((kept[1:] > kept[:-1]).all())
+    # the best-scored visual tokens are the ones kept
+    score = torch.arange(len(modality), dtype=torch.float32)
+    kept = select_with_budget(score, modality, LayerBudget(audio=0, visual=2))
+    assert kept.tolist() == [0, 1, 2, 41, 42, 43, 44]
+
+
+def test_budget_files_official_format_and_errors(tmp_path):
+    data = [[3193, 15376]] + [8192] * 3 + [[737, 2060]]
+    path = tmp_path / "budget.json"
+    path.write_text(json.dumps(data))
+    sched = BudgetSchedule.load(path, num_layers=5)
+    assert sched[0] == LayerBudget(audio=3193, visual=15376) and sched[1] == LayerBudget(total=8192)
+    assert sched.total_tokens() == 3193 + 15376 + 3 * 8192 + 737 + 2060
+    assert BudgetSchedule.load(sched.save(tmp_path / "again.json")).to_official() == data
+    with pytest.raises(ValueError, match="5 layer entries, but the model has 36 layers"):
+        BudgetSchedule.load(path, num_layers=36)
+    for bad, needle in (([8192, 0, 8192], "layer 1: budget must be > 0"),
+                        ([8192, [-1, 5]], "layer 1: \\[audio, visual\\]"),
+                        ([8192, 8192, "lots"], "layer 2: expected an int"),
+                        ([[1, 2, 3]], "layer 0: expected"),
+                        ({"layers": 3}, "non-empty JSON list")):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=needle):
+            BudgetSchedule.load(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        BudgetSchedule.load(path)
+
+
+def test_compute_budgets_follows_the_released_formula():
+    n = 4
+    signals = LayerSignals(entropy_all=(3.0, 2.0, 1.0, 1.0), entropy_audio=(2.0, 1.0, 1.0, 0.5),
+                           entropy_visual=(3.0, 2.0, 1.0, 1.0), cos_audio=(0.2, 0.5, 0.9, 0.9),
+                           cos_visual=(0.1, 0.3, 0.8, 0.95))
+    free = compute_budgets(signals, per_layer_mean=1000, temperature=1.0, av_ratio=2.0, clip=None)
+    total = sum(b.tokens() for b in free)
+    assert abs(total - 1000 * n) <= 2 * n  # conserved up to int truncation without clipping
+    assert free[0].tokens() > free[3].tokens()  # higher entropy x distance -> more budget
+    clipped = compute_budgets(signals, per_layer_mean=1000, temperature=0.2, av_ratio=2.0)
+    for b in clipped:
+        assert 500 <= b.visual <= 1500 and 250 <= b.audio <= 750
+    with pytest.raises(ValueError, match="> 0"):
+        compute_budgets(signals, per_layer_mean=0)
+    with pytest.raises(ValueError, match="equal length"):
+        compute_budgets(LayerSignals((1.0,), (), (), (), ()), per_layer_mean=10)
