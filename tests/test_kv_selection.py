@@ -138,3 +138,65 @@ def test_compute_budgets_follows_the_released_formula():
         compute_budgets(signals, per_layer_mean=0)
     with pytest.raises(ValueError, match="equal length"):
         compute_budgets(LayerSignals((1.0,), (), (), (), ()), per_layer_mean=10)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    import os
+
+    from avmem.model import load_model
+
+    os.environ.setdefault("AVMEM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    return load_model("tiny-qwen3-vl")
+
+
+def memory_case(tiny, n=40, seed=0):
+    """A memory of n tokens (every 4th is text) with positions, plus a 6-token prompt."""
+    g = torch.Generator().manual_seed(seed)
+    d = tiny.hidden_size
+    memory = torch.randn(n, d, generator=g) * 0.5
+    positions = torch.arange(n).view(1, -1).expand(3, -1).clone()
+    selectable = torch.ones(n, dtype=torch.bool)
+    selectable[::4] = False
+    prompt = tiny.backbone.embed(torch.tensor(tiny.backbone.tokenizer("What colour is it?").input_ids[:6]))
+    prompt_positions = (n + torch.arange(prompt.shape[0])).view(1, -1).expand(3, -1).clone()
+    return memory, positions, selectable, prompt, prompt_positions
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_reader_with_full_budget_equals_full_context_logits(tiny, joint):
+    from avmem.memory.kv.reader import PromptDependentReader
+    from transformers import DynamicCache
+
+    memory, positions, selectable, prompt, prompt_positions = memory_case(tiny)
+    bb = tiny.backbone
+    full = bb.forward_embeds(torch.cat([memory, prompt]), torch.cat([positions, prompt_positions], 1),
+                             DynamicCache(config=bb.model.config.text_config), None, None)
+    reader = PromptDependentReader(chunk_tokens=16, read_tokens=int(selectable.sum()), joint=joint)
+    result = reader.read(bb, memory, positions, selectable, prompt, prompt_positions)
+    torch.testing.assert_close(result.logits, full, rtol=1e-4, atol=1e-4)
+    assert result.kept == [int(selectable.sum())] * bb.model.config.text_config.num_hidden_layers
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_reader_respects_its_budget_and_keeps_text(tiny, joint):
+    from avmem.memory.kv.reader import PromptDependentReader
+
+    memory, positions, selectable, prompt, prompt_positions = memory_case(tiny, n=64)
+    reader = PromptDependentReader(chunk_tokens=16, read_tokens=12, joint=joint)
+    result = reader.read(tiny.backbone, memory, positions, selectable, prompt, prompt_positions)
+    layers = len(result.kept)
+    n_text = int((~selectable).sum())
+    if joint:
+        assert sum(result.kept) == 12 * layers
+    else:
+        assert result.kept == [12] * layers
+    for l in range(layers):
+        held = result.cache.layers[l].keys.shape[-2]
+        assert held == n_text + result.kept[l] + prompt.shape[0]  # text always kept, plus the prompt pass
+    answer = tiny.backbone.decode(result.cache, result.logits, result.next_position, 4)
+    assert isinstance(answer, list)
+    with pytest.raises(ValueError, match="cannot read 100 tokens"):
+        PromptDependentReader(16, 100).read(tiny.backbone, memory, positions, selectable, prompt, prompt_positions)
+    with pytest.raises(ValueError, match="read_tokens"):
+        PromptDependentReader(16, 0)

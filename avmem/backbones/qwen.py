@@ -30,6 +30,7 @@ from transformers import (
 
 from safetensors import SafetensorError
 
+from .attention import NAME as ATTENTION
 from .tokenizer import PromptTokens
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -109,6 +110,7 @@ class QwenVLBackbone:
 
     def __init__(self, model, tokenizer: PreTrainedTokenizerBase, need_audio: bool, mean=None, std=None) -> None:
         self.model = model
+        model.model.language_model.config._attn_implementation = ATTENTION  # per-layer causal masks (attention.py)
         self.tokenizer = tokenizer
         self.tokens = PromptTokens.from_tokenizer(tokenizer, need_audio)
         vc = model.config.vision_config
@@ -175,8 +177,13 @@ class QwenVLBackbone:
     def _deepstack(self, out, gt: int, n: int) -> Tensor | None:
         return None
 
-    def _lm_step(self, embeds: Tensor, positions: Tensor, cache: DynamicCache, visual_mask: Tensor | None,
-                 deepstack: Tensor | None) -> Tensor:
+    def forward_embeds(self, embeds: Tensor, positions: Tensor, cache: DynamicCache, visual_mask: Tensor | None,
+                       deepstack: Tensor | None) -> Tensor:
+        """Run the language model on embeddings [L, D] at positions [3, L], extending ``cache``.
+
+        ``deepstack`` [k, n_visual, D] is added at ``visual_mask`` [L] after the first k layers (Qwen3-VL).
+        Returns the logits of the last row, [vocab] (float32).
+        """
         kwargs = {}
         if deepstack is not None:
             kwargs = {"visual_pos_masks": visual_mask[None], "deepstack_visual_embeds": list(deepstack)}
@@ -195,8 +202,13 @@ class QwenVLBackbone:
         (Qwen3-VL). Decoding continues at max(positions) + 1.
         """
         cache = DynamicCache(config=self.model.config.text_config)
-        logits = self._lm_step(embeds, positions, cache, visual_mask, deepstack)
-        nxt = int(positions.max()) + 1
+        logits = self.forward_embeds(embeds, positions, cache, visual_mask, deepstack)
+        return self.decode(cache, logits, int(positions.max()) + 1, max_new_tokens)
+
+    @torch.no_grad()
+    def decode(self, cache: DynamicCache, logits: Tensor, next_position: int, max_new_tokens: int) -> list[int]:
+        """Greedy decoding from a prefilled ``cache`` whose last logits are ``logits``."""
+        nxt = next_position
         out: list[int] = []
         for _ in range(max_new_tokens):
             tok = int(torch.argmax(logits))
@@ -206,7 +218,7 @@ class QwenVLBackbone:
             emb = self.embed(torch.tensor([tok]))
             pos = torch.full((3, 1), nxt, dtype=torch.long)
             nxt += 1
-            logits = self._lm_step(emb, pos, cache, None, None)
+            logits = self.forward_embeds(emb, pos, cache, None, None)
         return out
 
 

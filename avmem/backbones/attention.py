@@ -1,0 +1,54 @@
+"""The attention function avmem runs the LLM with ("avmem").
+
+Scaled dot-product attention whose causal mask is built from each layer's own key length
+(bottom-right aligned: query row i sees keys [0, k_len - q_len + i]), because layers of a compressed
+KV cache may hold different numbers of entries (joint selection across layers, OmniMem per-layer
+budgets). Batch size 1, no padding. On request it also records, per layer, the prompt importance of
+every key (seed 001 eq. 9) from the last rows of the queries, computed over key blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+NAME = "avmem"
+
+
+@dataclass
+class Capture:
+    """Request: importance of the keys for the last ``rows`` query rows, stored per layer index."""
+
+    rows: int
+    block: int
+    importance: dict[int, Tensor] = field(default_factory=dict)
+
+
+def avmem_attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask, dropout: float = 0.0,
+                    scaling: float | None = None, **kwargs) -> tuple[Tensor, None]:
+    """query [1, H, q, d], key/value [1, H_kv, k, d] -> output [1, q, H, d]."""
+    capture: Capture | None = getattr(module, "avmem_capture", None)
+    if capture is not None:
+        from ..memory.kv.selection import prompt_importance
+
+        with torch.no_grad():
+            capture.importance[module.layer_idx] = prompt_importance(query[0, :, -capture.rows:], key[0],
+                                                                     block=capture.block)
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    mask = None
+    if q_len > 1:
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(NAME, avmem_attention)
+AttentionMaskInterface.register(NAME, sdpa_mask)

@@ -1,0 +1,121 @@
+"""Prompt-dependent memory reading (seed 001 §3.3, eq. 8-12) on the backbone's own KV cache.
+
+The memory sequence is prefilled in chunks of ``chunk_tokens``; each chunk is followed by the prompt
+and attends to the compressed KV carried so far (eq. 8). In every layer the attention of the prompt
+rows to the chunk's keys, averaged over heads and summed over prompt tokens (eq. 9), is captured by a
+the backbone's attention function (``avmem.backbones.attention``) over key blocks (no full attention matrix). The chunk's
+selectable (audio/visual) entries are then ranked — jointly across layers (eq. 10-11, ``joint=True``)
+or per layer (the released variant) — and each layer's cache keeps its earlier entries, the chosen
+chunk entries and every text entry; the prompt rows are dropped. A last pass runs the prompt on the
+compressed cache, and generation continues from it (eq. 12).
+
+Budget: ``read_tokens`` M is the average number of selectable entries kept per layer; a chunk holding
+m of the memory's N selectable entries contributes K' = round(m * L * M / N) entries over all layers
+(per layer round(m * M / N) in the per-layer variant), so no layer keeps more than M on average and,
+per layer, never more than M in the per-layer variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+from ...backbones.attention import Capture
+from .selection import joint_topk, per_layer_topk
+
+
+@dataclass
+class ReadResult:
+    """The compressed cache after the prompt pass, the logits of the first answer token, and the
+    next decoding position; ``kept`` holds the selectable entries kept per layer."""
+
+    cache: DynamicCache
+    logits: Tensor
+    next_position: int
+    kept: list[int]
+
+
+class PromptDependentReader:
+    """Eq. 8-12 over a backbone adapter (:class:`avmem.backbones.qwen.QwenVLBackbone`).
+
+    Args:
+        chunk_tokens: m, memory tokens per prefill chunk.
+        read_tokens: M, selectable entries kept per layer on average.
+        joint: rank across all layers together (paper) or per layer (released code).
+        block: key block of the importance computation.
+    """
+
+    def __init__(self, chunk_tokens: int, read_tokens: int, joint: bool = True, block: int = 4096) -> None:
+        for name, value in (("chunk_tokens", chunk_tokens), ("read_tokens", read_tokens), ("block", block)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.chunk_tokens, self.read_tokens, self.joint, self.block = chunk_tokens, read_tokens, joint, block
+
+    @torch.no_grad()
+    def read(self, backbone, memory: Tensor, memory_positions: Tensor, selectable: Tensor, prompt: Tensor,
+             prompt_positions: Tensor, visual_mask: Tensor | None = None,
+             deepstack: Tensor | None = None) -> ReadResult:
+        """Compress the memory for ``prompt``.
+
+        Args:
+            memory: embeddings [L, D] of the memory part of the input (text wrappers included).
+            memory_positions: [3, L]; selectable: bool [L] (audio/visual entries that may be dropped).
+            prompt: embeddings [S, D] of the question part; prompt_positions: [3, S].
+            visual_mask: bool [L] video positions of the memory; deepstack: [k, n_visual, D] (Qwen3-VL).
+
+        Raises:
+            ValueError: shapes that do not match, or a read budget larger than the memory.
+        """
+        n_sel = int(selectable.sum())
+        length = memory.shape[0]
+        if memory_positions.shape != (3, length) or selectable.shape != (length,) or prompt.dim() != 2:
+            raise ValueError("memory, positions and selectable mask do not match")
+        if self.read_tokens > n_sel:
+            raise ValueError(f"cannot read {self.read_tokens} tokens per layer from a memory of {n_sel}")
+        model = backbone.model
+        layers = model.config.text_config.num_hidden_layers
+        capture = Capture(rows=prompt.shape[0], block=self.block)
+        modules = [layer.self_attn for layer in model.model.language_model.layers]
+        for module in modules:
+            module.avmem_capture = capture
+        cache = DynamicCache(config=model.config.text_config)
+        kept = [0] * layers
+        visual_rows = torch.cumsum(visual_mask.long(), 0) - 1 if visual_mask is not None else None
+        try:
+            for start in range(0, length, self.chunk_tokens):
+                stop = min(start + self.chunk_tokens, length)
+                sel = selectable[start:stop]
+                before = [cache.layers[l].keys.shape[-2] if l < len(cache.layers) and cache.layers[l].is_initialized
+                          else 0 for l in range(layers)]
+                embeds = torch.cat([memory[start:stop], prompt])
+                positions = torch.cat([memory_positions[:, start:stop], prompt_positions], dim=1)
+                mask = ds = None
+                if deepstack is not None:
+                    chunk_vis = visual_mask[start:stop]
+                    mask = torch.cat([chunk_vis, torch.zeros(prompt.shape[0], dtype=torch.bool)])
+                    ds = deepstack[:, visual_rows[start:stop][chunk_vis]]
+                capture.importance.clear()
+                backbone.forward_embeds(embeds, positions, cache, mask, ds)
+                quota = round(int(sel.sum()) * self.read_tokens / n_sel * (layers if self.joint else 1))
+                candidates = torch.nonzero(sel).flatten()
+                scores = [capture.importance[l][before[l]:before[l] + (stop - start)][candidates]
+                          for l in range(layers)]
+                chosen = (joint_topk(scores, quota) if self.joint else per_layer_topk(scores, quota))
+                text = torch.nonzero(~sel).flatten()
+                for l in range(layers):
+                    rows = torch.sort(torch.cat([text, candidates[chosen[l]]])).values
+                    keep = torch.cat([torch.arange(before[l]), before[l] + rows]).to(cache.layers[l].keys.device)
+                    cache.layers[l].keys = cache.layers[l].keys.index_select(-2, keep)
+                    cache.layers[l].values = cache.layers[l].values.index_select(-2, keep)
+                    kept[l] += len(chosen[l])
+            for module in modules:
+                module.avmem_capture = None
+            logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)
+        finally:
+            for module in modules:
+                module.avmem_capture = None
+        next_position = int(torch.cat([memory_positions, prompt_positions], dim=1).max()) + 1
+        return ReadResult(cache=cache, logits=logits, next_position=next_position, kept=kept)
