@@ -35,6 +35,10 @@ NO_TTT_OPT = typer.Option(False, "--no-ttt", help="Bypass the TTT memory layer."
 CG_ITERS_OPT = typer.Option(None, help="CG iterations of the TTT update (release default 0; paper: 3).")
 VIDEO_POLICY_OPT = typer.Option("discard", help="Video memory: discard (paper), discard-prev (released), merge.")
 AUDIO_POLICY_OPT = typer.Option("merge", help="Audio memory: merge (released), discard, discard-prev.")
+READER_OPT = typer.Option("full", help="Reading: full (whole memory to the LLM) or pd (prompt-dependent reading).")
+READ_TOKENS_OPT = typer.Option(16384, help="pd: audio/visual KV entries kept per layer on average.")
+READ_CHUNK_OPT = typer.Option(16384, help="pd: memory tokens prefilled per chunk.")
+READ_PER_LAYER_OPT = typer.Option(False, "--read-per-layer", help="pd: rank per layer (released) instead of jointly.")
 
 
 def user_errors(fn):
@@ -90,7 +94,8 @@ def demo(
 
 def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_tokens: int, audio_tokens: int,
                  no_audio: bool, no_ttt: bool, cg_iters: int, device: str, max_new_tokens: int,
-                 video_policy: str = "discard", audio_policy: str = "merge"):
+                 video_policy: str = "discard", audio_policy: str = "merge", reader: str = "full",
+                 read_tokens: int = 16384, read_chunk: int = 16384, read_per_layer: bool = False):
     """Load the model and open a session; notes go to stderr."""
     from .model import load_model
     from .session import StreamSession
@@ -122,7 +127,9 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
               file=sys.stderr)
     session = StreamSession(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
                             audio_tokens=audio_tokens, use_audio=use_audio, use_ttt=use_ttt,
-                            max_new_tokens=max_new_tokens, video_policy=video_policy, audio_policy=audio_policy)
+                            max_new_tokens=max_new_tokens, video_policy=video_policy, audio_policy=audio_policy,
+                            reader=reader, read_tokens=read_tokens, read_chunk=read_chunk,
+                            read_joint=not read_per_layer)
     return model, session
 
 
@@ -160,6 +167,10 @@ def ask(
     cg_iters: int = CG_ITERS_OPT,
     video_policy: str = VIDEO_POLICY_OPT,
     audio_policy: str = AUDIO_POLICY_OPT,
+    reader: str = READER_OPT,
+    read_tokens: int = READ_TOKENS_OPT,
+    read_chunk: int = READ_CHUNK_OPT,
+    read_per_layer: bool = READ_PER_LAYER_OPT,
     max_new_tokens: int = typer.Option(64, help="Answer length limit."),
     device: str = typer.Option("cpu", help="torch device."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -179,7 +190,8 @@ def ask(
     _, session = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
                               audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=cg_iters,
                               device=device, max_new_tokens=max_new_tokens, video_policy=video_policy,
-                              audio_policy=audio_policy)
+                              audio_policy=audio_policy, reader=reader, read_tokens=read_tokens,
+                              read_chunk=read_chunk, read_per_layer=read_per_layer)
     columns = [TextColumn("watching"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
                TimeElapsedColumn()]
     with Progress(*columns, console=console, disable=json_out, transient=True) as bar:
@@ -247,6 +259,10 @@ def stream(
     cg_iters: int = CG_ITERS_OPT,
     video_policy: str = VIDEO_POLICY_OPT,
     audio_policy: str = AUDIO_POLICY_OPT,
+    reader: str = READER_OPT,
+    read_tokens: int = READ_TOKENS_OPT,
+    read_chunk: int = READ_CHUNK_OPT,
+    read_per_layer: bool = READ_PER_LAYER_OPT,
     timeout: float = typer.Option(10.0, help="Seconds to wait for data before giving up."),
     device: str = typer.Option("cpu", help="torch device."),
 ) -> None:
@@ -258,7 +274,8 @@ def stream(
     _, session = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
                               audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=cg_iters,
                               device=device, max_new_tokens=64, video_policy=video_policy,
-                              audio_policy=audio_policy)
+                              audio_policy=audio_policy, reader=reader, read_tokens=read_tokens,
+                              read_chunk=read_chunk, read_per_layer=read_per_layer)
     source = LiveSource(url, fps=fps, audio=session.settings.use_audio, max_pixels=max_pixels,
                         factor=session.model.backbone.vision.factor, timeout=timeout)
     lock = threading.Lock()

@@ -63,6 +63,10 @@ class SessionSettings:
         bank_step: absorb this many new tokens per compression (released: 4096).
         chunk_frames: frames per vision/TTT call (released: 128 = 64 temporal patches).
         max_new_tokens: answer length limit.
+        reader: "full" (the whole memory goes to the LLM) or "pd" (prompt-dependent reading, seed 001 §3.3:
+            the memory is prefilled in chunks of ``read_chunk`` tokens with the question and only
+            ``read_tokens`` audio/visual KV entries per layer on average are kept, ranked jointly across
+            layers or, with ``read_joint=False``, per layer as in the released code).
     """
 
     fps: float = 1.0
@@ -77,6 +81,10 @@ class SessionSettings:
     bank_step: int | None = 4096
     chunk_frames: int = 128
     max_new_tokens: int = 64
+    reader: str = "full"
+    read_tokens: int = 16384
+    read_chunk: int = 16384
+    read_joint: bool = True
 
     def check(self, model: AVMemModel) -> None:
         """Raise ValueError naming the first bad setting."""
@@ -85,7 +93,7 @@ class SessionSettings:
         if not (self.min_pixels >= 1 and self.max_pixels >= self.min_pixels and self.max_pixels <= 4096 * 4096):
             raise ValueError(f"pixel budget must satisfy 1 <= min_pixels <= max_pixels <= 4096^2, "
                              f"got {self.min_pixels}, {self.max_pixels}")
-        for name in ("video_tokens", "audio_tokens", "chunk_frames", "max_new_tokens"):
+        for name in ("video_tokens", "audio_tokens", "chunk_frames", "max_new_tokens", "read_tokens", "read_chunk"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.chunk_frames % 2:
@@ -93,6 +101,11 @@ class SessionSettings:
         for name in ("video_policy", "audio_policy"):
             if getattr(self, name) not in POLICIES:
                 raise ValueError(f"{name} must be one of {sorted(POLICIES)}, got {getattr(self, name)!r}")
+        if self.reader not in ("full", "pd"):
+            raise ValueError(f"reader must be 'full' or 'pd', got {self.reader!r}")
+        if self.reader == "pd" and self.read_tokens > self.video_tokens + self.audio_tokens:
+            raise ValueError(f"read_tokens ({self.read_tokens}) is more than the memory holds "
+                             f"({self.video_tokens} video + {self.audio_tokens} audio tokens)")
         if self.use_audio and model.audio is None:
             raise ValueError("this model has no audio encoder: use use_audio=False (--no-audio)")
         if self.use_ttt and model.ttt is None:
@@ -387,9 +400,19 @@ class StreamSession:
         st = self._flushed()
         if len(st.patches) == 0 and st.audio is None:
             raise ValueError("ask: nothing has been fed yet")
-        embeds, positions, visual_mask, deepstack = self._prompt(st, question)
-        out = self.model.backbone.generate(embeds, positions, visual_mask, deepstack,
-                                           max_new_tokens or self.settings.max_new_tokens)
+        embeds, positions, visual_mask, deepstack, selectable, n_query = self._prompt(st, question)
+        limit = max_new_tokens or self.settings.max_new_tokens
+        bb = self.model.backbone
+        if self.settings.reader == "pd" and int(selectable.sum()) > self.settings.read_tokens:
+            from .memory.kv.reader import PromptDependentReader
+
+            cut = embeds.shape[0] - n_query
+            reader = PromptDependentReader(self.settings.read_chunk, self.settings.read_tokens, self.settings.read_joint)
+            result = reader.read(bb, embeds[:cut], positions[:, :cut], selectable[:cut], embeds[cut:],
+                                 positions[:, cut:], None if visual_mask is None else visual_mask[:cut], deepstack)
+            out = bb.decode(result.cache, result.logits, result.next_position, limit)
+        else:
+            out = bb.generate(embeds, positions, visual_mask, deepstack, limit)
         self._questions += 1
         return self.model.backbone.tokenizer.decode(out, skip_special_tokens=True).strip()
 
@@ -406,8 +429,9 @@ class StreamSession:
             return np.zeros(n, dtype=np.int64)
         return np.bincount(self._audio_patch(st, np.arange(st.audio_ids)), minlength=n)
 
-    def _prompt(self, st: SessionState, question: str) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """Input embeddings [L, D], positions [3, L], visual mask [L], deepstack [k, n_visual, D]."""
+    def _prompt(self, st: SessionState, question: str):
+        """Input embeddings [L, D], positions [3, L], visual mask [L] (or None), deepstack [k, n_visual, D]
+        (or None), selectable mask [L] (audio/visual tokens), and the number of trailing question rows."""
         bb = self.model.backbone
         tok = bb.tokens
         pieces: list[Tensor] = []
@@ -415,16 +439,20 @@ class StreamSession:
         visual: list[Tensor] = []
         deep: list[Tensor] = []
 
+        selectable: list[Tensor] = []
+
         def add_text(ids: list[int], pos: int) -> int:
             pieces.append(bb.embed(torch.tensor(ids)))
             positions.append(torch.arange(pos, pos + len(ids)).view(1, -1).expand(3, -1))
             visual.append(torch.zeros(len(ids), dtype=torch.bool))
+            selectable.append(torch.zeros(len(ids), dtype=torch.bool))
             return pos + len(ids)
 
         def add_tokens(tokens: Tensor, pos: Tensor, is_visual: bool) -> None:
             pieces.append(tokens.to(bb.device))
             positions.append(pos)
             visual.append(torch.full((len(tokens),), is_visual, dtype=torch.bool))
+            selectable.append(torch.ones(len(tokens), dtype=torch.bool))
 
         prefix = [tok.im_start] + self._text_ids("user\n")
         pos = add_text(prefix, 0)
@@ -465,11 +493,13 @@ class StreamSession:
             add_tokens(st.audio.tokens, (pos + torch.from_numpy(a_ids)).view(1, -1).expand(3, -1), False)
             pos += int(st.audio_ids)
         tail = self._text_ids("\n" + question.strip()) + [tok.im_end] + self._text_ids("\n")
-        add_text(tail + [tok.im_start] + self._text_ids("assistant\n"), pos)
+        tail += [tok.im_start] + self._text_ids("assistant\n")
+        add_text(tail, pos)
         embeds = torch.cat([p.to(bb.dtype) for p in pieces])
         mask = torch.cat(visual)
         deepstack = torch.cat(deep).permute(1, 0, 2).contiguous() if deep else None
-        return embeds, torch.cat(positions, dim=1), (mask if deepstack is not None else None), deepstack
+        return (embeds, torch.cat(positions, dim=1), (mask if deepstack is not None else None), deepstack,
+                torch.cat(selectable), len(tail))
 
     # telemetry and persistence ----------------------------------------------------------------------
 

@@ -151,3 +151,14 @@ def test_stream_reports_a_dead_source_without_waiting_for_input(tmp_path):
         server.close()
     assert proc.returncode == 2, err
     assert err.strip().splitlines()[-1].startswith("avmem: error:")
+
+
+def test_ask_with_prompt_dependent_reading(clip):
+    result = runner.invoke(app, ["ask", str(clip), "-q", "What?", "--model", "tiny-qwen3-vl", "--video-tokens", "256",
+                                 "--audio-tokens", "16", "--reader", "pd", "--read-tokens", "32", "--read-chunk", "64",
+                                 "--max-new-tokens", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["answers"][0]["question"] == "What?"
+    bad = runner.invoke(app, ["ask", str(clip), "-q", "x", "--model", "tiny-qwen3-vl", "--reader", "pd",
+                              "--read-tokens", "999999"])
+    assert bad.exit_code == 2 and "more than the memory holds" in bad.stderr

@@ -72,7 +72,7 @@ def test_prompt_positions_follow_the_full_layout(model):
     for i, f in enumerate(frames(8, seed=3)):
         s.feed(frames=f, t=float(i))
     st = s._flushed()
-    embeds, pos, mask, deep = s._prompt(st, "Which colour?")
+    embeds, pos, mask, deep, _, _ = s._prompt(st, "Which colour?")
     assert embeds.shape[0] == pos.shape[1] and pos.shape[0] == 3
     assert bool((pos[0, 1:] >= pos[0, :-1]).all())  # temporal positions never go back
     hm, wm = (int(v) for v in st.patches.grid[0])
@@ -156,7 +156,7 @@ def test_positions_equal_transformers_get_rope_index_on_the_uncompressed_layout(
         s.feed(frames=f, t=i / fps)
     s.feed(audio=tone(9.0), audio_t=0.0)
     st = s._flushed()
-    _, pos, mask, _ = s._prompt(st, "Which colour?")
+    _, pos, mask, _, _, _ = s._prompt(st, "Which colour?")
     tok = model.backbone.tokens
     ids = [tok.im_start] + s._text_ids("user\n")
     counts = s._audio_counts(st)
@@ -208,3 +208,23 @@ def test_session_file_from_another_model_is_refused(model, tmp_path):
     (tmp_path / "junk.avmem").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not an avmem session file"):
         StreamSession.load(tmp_path / "junk.avmem", model)
+
+
+def test_prompt_dependent_reading_in_a_session(model):
+    """pd with a budget covering the memory answers exactly as the full reader; a small budget runs too."""
+    def session(**kw):
+        s = StreamSession(model, video_tokens=64, audio_tokens=16, chunk_frames=4, max_new_tokens=6, **kw)
+        for i, f in enumerate(frames(10, seed=7)):
+            s.feed(frames=f, t=float(i))
+        s.feed(audio=tone(10.0), audio_t=0.0)
+        return s
+
+    full = session().ask("What is shown?")
+    assert session(reader="pd", read_tokens=80, read_chunk=16).ask("What is shown?") == full
+    small = session(reader="pd", read_tokens=8, read_chunk=16)
+    assert isinstance(small.ask("What is shown?"), str)
+    assert isinstance(session(reader="pd", read_tokens=8, read_chunk=16, read_joint=False).ask("Why?"), str)
+    with pytest.raises(ValueError, match="more than the memory holds"):
+        StreamSession(model, reader="pd", read_tokens=10_000, video_tokens=64, audio_tokens=16)
+    with pytest.raises(ValueError, match="reader must be"):
+        StreamSession(model, reader="magic")
