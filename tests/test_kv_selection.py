@@ -200,3 +200,51 @@ def test_reader_respects_its_budget_and_keeps_text(tiny, joint):
         PromptDependentReader(16, 100).read(tiny.backbone, memory, positions, selectable, prompt, prompt_positions)
     with pytest.raises(ValueError, match="read_tokens"):
         PromptDependentReader(16, 0)
+
+
+def omni_case(tiny, n=48):
+    memory, positions, _, prompt, prompt_positions = memory_case(tiny, n=n)
+    modality = torch.full((n,), VISUAL)
+    modality[::4] = TEXT
+    modality[1::8] = AUDIO
+    return memory, positions, modality, prompt, prompt_positions
+
+
+def test_omnimem_with_budgets_covering_the_context_equals_full_context(tiny):
+    from transformers import DynamicCache
+
+    from avmem.memory.kv.omnimem import OmniMemPolicy
+
+    memory, positions, modality, prompt, prompt_positions = omni_case(tiny)
+    bb = tiny.backbone
+    full = bb.forward_embeds(torch.cat([memory, prompt]), torch.cat([positions, prompt_positions], 1),
+                             DynamicCache(config=bb.model.config.text_config), None, None)
+    layers = bb.model.config.text_config.num_hidden_layers
+    for budget in ((48, 48), 48):
+        result = OmniMemPolicy(BudgetSchedule.uniform(layers, budget), chunk_tokens=16).read(
+            bb, memory, positions, modality, prompt, prompt_positions)
+        torch.testing.assert_close(result.logits, full, rtol=1e-4, atol=1e-4)
+
+
+def test_omnimem_never_holds_more_than_its_budgets(tiny):
+    from avmem.memory.kv.omnimem import OmniMemPolicy
+
+    memory, positions, modality, prompt, prompt_positions = omni_case(tiny, n=96)
+    bb = tiny.backbone
+    layers = bb.model.config.text_config.num_hidden_layers
+    n_text = int((modality == TEXT).sum())
+    schedule = BudgetSchedule.from_official([[3, 10], 7][:layers] + [[1, 4]] * (layers - 2), layers)
+    result = OmniMemPolicy(schedule, chunk_tokens=20, lam=0.02).read(bb, memory, positions, modality, prompt,
+                                                                     prompt_positions)
+    for l, mods in enumerate(result.modality):
+        budget = schedule[l]
+        assert int((mods == TEXT).sum()) == n_text
+        if budget.per_modality:
+            assert int((mods == AUDIO).sum()) == budget.audio and int((mods == VISUAL).sum()) == budget.visual
+        else:
+            assert int((mods != TEXT).sum()) == budget.total
+        assert result.cache.layers[l].keys.shape[-2] == len(mods) + prompt.shape[0]
+    assert isinstance(bb.decode(result.cache, result.logits, result.next_position, 3), list)
+    with pytest.raises(ValueError, match="budget schedule has 3 layers"):
+        OmniMemPolicy(BudgetSchedule.uniform(3, 8), 16).read(bb, memory, positions, modality, prompt,
+                                                            prompt_positions)

@@ -22,23 +22,38 @@ NAME = "avmem"
 
 @dataclass
 class Capture:
-    """Request: importance of the keys for the last ``rows`` query rows, stored per layer index."""
+    """Request: prompt importance of the keys (seed 001 eq. 9) for the last ``rows`` query rows, per layer."""
 
     rows: int
     block: int
     importance: dict[int, Tensor] = field(default_factory=dict)
 
+    def record(self, layer: int, query: Tensor, key: Tensor) -> None:
+        """query [H, q, d], key [H_kv, k, d]."""
+        from ..memory.kv.selection import prompt_importance
+
+        self.importance[layer] = prompt_importance(query[:, -self.rows:], key, block=self.block)
+
+
+@dataclass
+class ChunkCapture:
+    """Request: OmniMem attention importance of the keys from the chunk's own (causal) queries, per layer."""
+
+    importance: dict[int, Tensor] = field(default_factory=dict)
+
+    def record(self, layer: int, query: Tensor, key: Tensor) -> None:
+        from ..memory.kv.selection import chunk_importance
+
+        self.importance[layer] = chunk_importance(query, key)
+
 
 def avmem_attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask, dropout: float = 0.0,
                     scaling: float | None = None, **kwargs) -> tuple[Tensor, None]:
     """query [1, H, q, d], key/value [1, H_kv, k, d] -> output [1, q, H, d]."""
-    capture: Capture | None = getattr(module, "avmem_capture", None)
+    capture: Capture | ChunkCapture | None = getattr(module, "avmem_capture", None)
     if capture is not None:
-        from ..memory.kv.selection import prompt_importance
-
         with torch.no_grad():
-            capture.importance[module.layer_idx] = prompt_importance(query[0, :, -capture.rows:], key[0],
-                                                                     block=capture.block)
+            capture.record(module.layer_idx, query[0], key[0])
     q_len, k_len = query.shape[-2], key.shape[-2]
     mask = None
     if q_len > 1:

@@ -30,12 +30,14 @@ from .selection import joint_topk, per_layer_topk
 @dataclass
 class ReadResult:
     """The compressed cache after the prompt pass, the logits of the first answer token, and the
-    next decoding position; ``kept`` holds the selectable entries kept per layer."""
+    next decoding position; ``kept`` holds the selectable entries kept per layer and ``modality``
+    (where the policy tracks it) the modality of every entry each layer holds before the prompt."""
 
     cache: DynamicCache
     logits: Tensor
     next_position: int
     kept: list[int]
+    modality: list[Tensor] | None = None
 
 
 class PromptDependentReader:

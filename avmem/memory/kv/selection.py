@@ -55,6 +55,21 @@ def prompt_importance(queries: Tensor, keys: Tensor, block: int = 4096) -> Tenso
     return out
 
 
+def chunk_importance(queries: Tensor, keys: Tensor) -> Tensor:
+    """OmniMem attention importance (official_omnimem.md §3.1), [N] float32.
+
+    The chunk's q queries are the last rows of the N keys; with the head-averaged logit
+    l_ij = sum_h q_i^h . k_j^h / (sqrt(d) H), causal (query i sees keys up to its own position), the
+    importance is a_j = sum_i softmax_j(l_i). Memory O(q * N) per layer.
+    """
+    heads, rows, d = queries.shape
+    k = _expand_kv(keys, heads).float()
+    n = k.shape[1]
+    logits = torch.einsum("hqd,hnd->qn", queries.float(), k) / (math.sqrt(d) * heads)
+    visible = torch.ones(rows, n, dtype=torch.bool, device=queries.device).tril(n - rows)
+    return torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1).sum(dim=0)
+
+
 def joint_topk(importance: list[Tensor], k: int) -> list[Tensor]:
     """Eq. 10-11: the ``k`` largest entries over all layers together; sorted indices per layer."""
     sizes = [len(a) for a in importance]

@@ -1,0 +1,110 @@
+"""OmniMem: modality-aware KV memory with perturbation-aware selection (official_omnimem.md §1.5, §2-§3).
+
+The memory sequence is prefilled in chunks; after every chunk, in every layer, the entries of
+(memory of that layer) ∪ (chunk) compete: score_i = sqrt(1 - s_i / 2) * a_i ** lambda, with s_i the
+cosine redundancy of the layer-input hidden states to their sequence neighbours and a_i the attention
+the chunk's queries pay to entry i (averaged with its previous value for older entries). Each layer then
+keeps every text entry plus, under its budget, the best audio and visual entries (separately for an
+``[audio, visual]`` budget, together for an int budget). Entries keep their original positions: the
+cache holds their keys/values as computed (functionally the released code's hidden-state memory, which
+recomputes them at the same positions). A last pass runs the question on the per-layer memories.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+from ...backbones.attention import ChunkCapture
+from .budgets import BudgetSchedule
+from .reader import ReadResult
+from .selection import AUDIO, VISUAL, omnimem_score, redundancy, select_with_budget
+
+
+class OmniMemPolicy:
+    """Per-layer, per-modality hard budgets over the LLM's KV cache.
+
+    Args:
+        budgets: one :class:`~avmem.memory.kv.budgets.LayerBudget` per LLM layer.
+        chunk_tokens: memory tokens prefilled per chunk (the released ``memgroupsize``).
+        lam: the attention exponent lambda (released best: 0.02).
+    """
+
+    def __init__(self, budgets: BudgetSchedule, chunk_tokens: int, lam: float = 0.02) -> None:
+        if not isinstance(chunk_tokens, int) or isinstance(chunk_tokens, bool) or chunk_tokens <= 0:
+            raise ValueError(f"chunk_tokens must be a positive int, got {chunk_tokens!r}")
+        if not lam >= 0:
+            raise ValueError(f"lambda must be >= 0, got {lam}")
+        self.budgets, self.chunk_tokens, self.lam = budgets, chunk_tokens, float(lam)
+
+    @torch.no_grad()
+    def read(self, backbone, memory: Tensor, memory_positions: Tensor, modality: Tensor, prompt: Tensor,
+             prompt_positions: Tensor, visual_mask: Tensor | None = None,
+             deepstack: Tensor | None = None) -> ReadResult:
+        """Compress ``memory`` [L, D] (positions [3, L], modality [L] of TEXT/AUDIO/VISUAL) and run ``prompt``.
+
+        Returns the cache after the prompt pass, the first answer logits, the next position, and the
+        audio+visual entries each layer holds.
+
+        Raises:
+            ValueError: a budget file whose layer count differs from the model's, or mismatched shapes.
+        """
+        model = backbone.model
+        layers = model.config.text_config.num_hidden_layers
+        if len(self.budgets) != layers:
+            raise ValueError(f"the budget schedule has {len(self.budgets)} layers, the model has {layers}")
+        length = memory.shape[0]
+        if memory_positions.shape != (3, length) or modality.shape != (length,):
+            raise ValueError("memory, positions and modality do not match")
+        decoder = model.model.language_model.layers
+        capture = ChunkCapture()
+        inputs: dict[int, Tensor] = {}
+
+        def grab(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            inputs[module.self_attn.layer_idx] = hidden[0].detach()
+
+        hooks = [layer.register_forward_pre_hook(grab, with_kwargs=True) for layer in decoder]
+        for layer in decoder:
+            layer.self_attn.avmem_capture = capture
+        cache = DynamicCache(config=model.config.text_config)
+        held_h: list[Tensor | None] = [None] * layers
+        held_mod: list[Tensor] = [modality.new_zeros(0)] * layers
+        held_a: list[Tensor] = [torch.zeros(0)] * layers
+        visual_rows = torch.cumsum(visual_mask.long(), 0) - 1 if visual_mask is not None else None
+        try:
+            for start in range(0, length, self.chunk_tokens):
+                stop = min(start + self.chunk_tokens, length)
+                mask = ds = None
+                if deepstack is not None:
+                    mask = visual_mask[start:stop]
+                    ds = deepstack[:, visual_rows[start:stop][mask]]
+                capture.importance.clear()
+                backbone.forward_embeds(memory[start:stop], memory_positions[:, start:stop], cache, mask, ds)
+                chunk_mod = modality[start:stop]
+                for l in range(layers):
+                    old = held_mod[l].shape[0]
+                    hidden = inputs[l][-(stop - start):]
+                    h = hidden if held_h[l] is None else torch.cat([held_h[l], hidden.to(held_h[l].dtype)])
+                    mods = torch.cat([held_mod[l], chunk_mod])
+                    a = capture.importance[l].float().cpu()
+                    a[:old] = (a[:old] + held_a[l]) / 2
+                    score = omnimem_score(redundancy(h), a, self.lam)
+                    keep = select_with_budget(score, mods, self.budgets[l])
+                    dev_keep = keep.to(cache.layers[l].keys.device)
+                    cache.layers[l].keys = cache.layers[l].keys.index_select(-2, dev_keep)
+                    cache.layers[l].values = cache.layers[l].values.index_select(-2, dev_keep)
+                    held_h[l], held_mod[l], held_a[l] = h[dev_keep.to(h.device)], mods[keep], a[keep]
+            for layer in decoder:
+                layer.self_attn.avmem_capture = None
+            logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            for layer in decoder:
+                layer.self_attn.avmem_capture = None
+        kept = [int(((m == AUDIO) | (m == VISUAL)).sum()) for m in held_mod]
+        next_position = int(torch.cat([memory_positions, prompt_positions], dim=1).max()) + 1
+        return ReadResult(cache=cache, logits=logits, next_position=next_position, kept=kept,
+                          modality=[m.clone() for m in held_mod])
