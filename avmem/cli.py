@@ -35,10 +35,12 @@ NO_TTT_OPT = typer.Option(False, "--no-ttt", help="Bypass the TTT memory layer."
 CG_ITERS_OPT = typer.Option(None, help="CG iterations of the TTT update (release default 0; paper: 3).")
 VIDEO_POLICY_OPT = typer.Option("discard", help="Video memory: discard (paper), discard-prev (released), merge.")
 AUDIO_POLICY_OPT = typer.Option("merge", help="Audio memory: merge (released), discard, discard-prev.")
-READER_OPT = typer.Option("full", help="Reading: full (whole memory to the LLM) or pd (prompt-dependent reading).")
+READER_OPT = typer.Option("full", help="Reading: full (whole memory), pd (prompt-dependent), omnimem (KV budgets).")
 READ_TOKENS_OPT = typer.Option(16384, help="pd: audio/visual KV entries kept per layer on average.")
 READ_CHUNK_OPT = typer.Option(16384, help="pd: memory tokens prefilled per chunk.")
 READ_PER_LAYER_OPT = typer.Option(False, "--read-per-layer", help="pd: rank per layer (released) instead of jointly.")
+BUDGET_FILE_OPT = typer.Option(None, "--budget-file", help="omnimem: per-layer budgets, released JSON format.")
+OMNI_LAMBDA_OPT = typer.Option(0.02, "--omni-lambda", help="omnimem: attention exponent lambda.")
 
 
 def user_errors(fn):
@@ -95,7 +97,8 @@ def demo(
 def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_tokens: int, audio_tokens: int,
                  no_audio: bool, no_ttt: bool, cg_iters: int, device: str, max_new_tokens: int,
                  video_policy: str = "discard", audio_policy: str = "merge", reader: str = "full",
-                 read_tokens: int = 16384, read_chunk: int = 16384, read_per_layer: bool = False):
+                 read_tokens: int = 16384, read_chunk: int = 16384, read_per_layer: bool = False,
+                 budget_file: str | None = None, omni_lambda: float = 0.02):
     """Load the model and open a session; notes go to stderr."""
     from .model import load_model
     from .session import StreamSession
@@ -129,7 +132,7 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
                             audio_tokens=audio_tokens, use_audio=use_audio, use_ttt=use_ttt,
                             max_new_tokens=max_new_tokens, video_policy=video_policy, audio_policy=audio_policy,
                             reader=reader, read_tokens=read_tokens, read_chunk=read_chunk,
-                            read_joint=not read_per_layer)
+                            read_joint=not read_per_layer, budget_file=budget_file, omni_lambda=omni_lambda)
     return model, session
 
 
@@ -171,6 +174,8 @@ def ask(
     read_tokens: int = READ_TOKENS_OPT,
     read_chunk: int = READ_CHUNK_OPT,
     read_per_layer: bool = READ_PER_LAYER_OPT,
+    budget_file: str = BUDGET_FILE_OPT,
+    omni_lambda: float = OMNI_LAMBDA_OPT,
     max_new_tokens: int = typer.Option(64, help="Answer length limit."),
     device: str = typer.Option("cpu", help="torch device."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -191,7 +196,8 @@ def ask(
                               audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=cg_iters,
                               device=device, max_new_tokens=max_new_tokens, video_policy=video_policy,
                               audio_policy=audio_policy, reader=reader, read_tokens=read_tokens,
-                              read_chunk=read_chunk, read_per_layer=read_per_layer)
+                              read_chunk=read_chunk, read_per_layer=read_per_layer, budget_file=budget_file,
+                              omni_lambda=omni_lambda)
     columns = [TextColumn("watching"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
                TimeElapsedColumn()]
     with Progress(*columns, console=console, disable=json_out, transient=True) as bar:
@@ -263,6 +269,8 @@ def stream(
     read_tokens: int = READ_TOKENS_OPT,
     read_chunk: int = READ_CHUNK_OPT,
     read_per_layer: bool = READ_PER_LAYER_OPT,
+    budget_file: str = BUDGET_FILE_OPT,
+    omni_lambda: float = OMNI_LAMBDA_OPT,
     timeout: float = typer.Option(10.0, help="Seconds to wait for data before giving up."),
     device: str = typer.Option("cpu", help="torch device."),
 ) -> None:
@@ -275,7 +283,8 @@ def stream(
                               audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=cg_iters,
                               device=device, max_new_tokens=64, video_policy=video_policy,
                               audio_policy=audio_policy, reader=reader, read_tokens=read_tokens,
-                              read_chunk=read_chunk, read_per_layer=read_per_layer)
+                              read_chunk=read_chunk, read_per_layer=read_per_layer, budget_file=budget_file,
+                              omni_lambda=omni_lambda)
     source = LiveSource(url, fps=fps, audio=session.settings.use_audio, max_pixels=max_pixels,
                         factor=session.model.backbone.vision.factor, timeout=timeout)
     lock = threading.Lock()

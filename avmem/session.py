@@ -66,7 +66,10 @@ class SessionSettings:
         reader: "full" (the whole memory goes to the LLM) or "pd" (prompt-dependent reading, seed 001 §3.3:
             the memory is prefilled in chunks of ``read_chunk`` tokens with the question and only
             ``read_tokens`` audio/visual KV entries per layer on average are kept, ranked jointly across
-            layers or, with ``read_joint=False``, per layer as in the released code).
+            layers or, with ``read_joint=False``, per layer as in the released code), or "omnimem"
+            (per-layer, per-modality KV budgets from ``budget_file`` in the released format, or
+            ``read_tokens`` per layer without one; attention exponent ``omni_lambda``; chunks of
+            ``read_chunk``).
     """
 
     fps: float = 1.0
@@ -85,6 +88,17 @@ class SessionSettings:
     read_tokens: int = 16384
     read_chunk: int = 16384
     read_joint: bool = True
+    budget_file: str | None = None
+    omni_lambda: float = 0.02
+
+    def budgets(self, model: AVMemModel):
+        """The OmniMem budget schedule: ``budget_file``, or ``read_tokens`` in every layer."""
+        from .memory.kv.budgets import BudgetSchedule
+
+        layers = model.backbone.model.config.text_config.num_hidden_layers
+        if self.budget_file is not None:
+            return BudgetSchedule.load(self.budget_file, num_layers=layers)
+        return BudgetSchedule.uniform(layers, self.read_tokens)
 
     def check(self, model: AVMemModel) -> None:
         """Raise ValueError naming the first bad setting."""
@@ -101,8 +115,12 @@ class SessionSettings:
         for name in ("video_policy", "audio_policy"):
             if getattr(self, name) not in POLICIES:
                 raise ValueError(f"{name} must be one of {sorted(POLICIES)}, got {getattr(self, name)!r}")
-        if self.reader not in ("full", "pd"):
-            raise ValueError(f"reader must be 'full' or 'pd', got {self.reader!r}")
+        if self.reader not in ("full", "pd", "omnimem"):
+            raise ValueError(f"reader must be 'full', 'pd' or 'omnimem', got {self.reader!r}")
+        if self.budget_file is not None and self.reader != "omnimem":
+            raise ValueError("budget_file only applies to reader='omnimem'")
+        if self.reader == "omnimem":
+            self.budgets(model)  # validates the file against the model
         if self.reader == "pd" and self.read_tokens > self.video_tokens + self.audio_tokens:
             raise ValueError(f"read_tokens ({self.read_tokens}) is more than the memory holds "
                              f"({self.video_tokens} video + {self.audio_tokens} audio tokens)")
@@ -403,16 +421,29 @@ class StreamSession:
         embeds, positions, visual_mask, deepstack, selectable, n_query = self._prompt(st, question)
         limit = max_new_tokens or self.settings.max_new_tokens
         bb = self.model.backbone
-        if self.settings.reader == "pd" and int(selectable.sum()) > self.settings.read_tokens:
+        settings = self.settings
+        cut = embeds.shape[0] - n_query
+        vis = None if deepstack is None else visual_mask[:cut]
+        if settings.reader == "pd" and int(selectable.sum()) > settings.read_tokens:
             from .memory.kv.reader import PromptDependentReader
 
-            cut = embeds.shape[0] - n_query
-            reader = PromptDependentReader(self.settings.read_chunk, self.settings.read_tokens, self.settings.read_joint)
+            reader = PromptDependentReader(settings.read_chunk, settings.read_tokens, settings.read_joint)
             result = reader.read(bb, embeds[:cut], positions[:, :cut], selectable[:cut], embeds[cut:],
-                                 positions[:, cut:], None if visual_mask is None else visual_mask[:cut], deepstack)
+                                 positions[:, cut:], vis, deepstack)
+            out = bb.decode(result.cache, result.logits, result.next_position, limit)
+        elif settings.reader == "omnimem":
+            from .memory.kv.omnimem import OmniMemPolicy
+            from .memory.kv.selection import AUDIO, TEXT, VISUAL
+
+            modality = torch.full((cut,), TEXT, dtype=torch.long)
+            modality[selectable[:cut]] = AUDIO
+            modality[visual_mask[:cut]] = VISUAL
+            policy = OmniMemPolicy(settings.budgets(self.model), settings.read_chunk, settings.omni_lambda)
+            result = policy.read(bb, embeds[:cut], positions[:, :cut], modality, embeds[cut:], positions[:, cut:],
+                                 vis, deepstack)
             out = bb.decode(result.cache, result.logits, result.next_position, limit)
         else:
-            out = bb.generate(embeds, positions, visual_mask, deepstack, limit)
+            out = bb.generate(embeds, positions, None if deepstack is None else visual_mask, deepstack, limit)
         self._questions += 1
         return self.model.backbone.tokenizer.decode(out, skip_special_tokens=True).strip()
 
@@ -430,8 +461,8 @@ class StreamSession:
         return np.bincount(self._audio_patch(st, np.arange(st.audio_ids)), minlength=n)
 
     def _prompt(self, st: SessionState, question: str):
-        """Input embeddings [L, D], positions [3, L], visual mask [L] (or None), deepstack [k, n_visual, D]
-        (or None), selectable mask [L] (audio/visual tokens), and the number of trailing question rows."""
+        """Input embeddings [L, D], positions [3, L], visual mask [L], deepstack [k, n_visual, D] (or None),
+        selectable mask [L] (audio/visual tokens), and the number of trailing question rows."""
         bb = self.model.backbone
         tok = bb.tokens
         pieces: list[Tensor] = []
@@ -498,8 +529,7 @@ class StreamSession:
         embeds = torch.cat([p.to(bb.dtype) for p in pieces])
         mask = torch.cat(visual)
         deepstack = torch.cat(deep).permute(1, 0, 2).contiguous() if deep else None
-        return (embeds, torch.cat(positions, dim=1), (mask if deepstack is not None else None), deepstack,
-                torch.cat(selectable), len(tail))
+        return embeds, torch.cat(positions, dim=1), mask, deepstack, torch.cat(selectable), len(tail)
 
     # telemetry and persistence ----------------------------------------------------------------------
 

@@ -162,3 +162,15 @@ def test_ask_with_prompt_dependent_reading(clip):
     bad = runner.invoke(app, ["ask", str(clip), "-q", "x", "--model", "tiny-qwen3-vl", "--reader", "pd",
                               "--read-tokens", "999999"])
     assert bad.exit_code == 2 and "more than the memory holds" in bad.stderr
+
+
+def test_ask_with_omnimem_budget_file(clip, tmp_path):
+    budget = tmp_path / "budget.json"
+    budget.write_text(json.dumps([[4, 16], 12]))
+    result = runner.invoke(app, ["ask", str(clip), "-q", "What?", "--model", "tiny-qwen3-vl", "--reader", "omnimem",
+                                 "--budget-file", str(budget), "--read-chunk", "32", "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.output
+    budget.write_text(json.dumps([[4, 16], "x"]))
+    bad = runner.invoke(app, ["ask", str(clip), "-q", "x", "--model", "tiny-qwen3-vl", "--reader", "omnimem",
+                              "--budget-file", str(budget)])
+    assert bad.exit_code == 2 and "layer 1" in bad.stderr

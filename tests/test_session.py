@@ -81,10 +81,10 @@ def test_prompt_positions_follow_the_full_layout(model):
     full_patch = n_ts + 2 + max(hm, wm)  # timestamp, vision_start, video block, vision_end (no audio)
     assert int(pos.max()) < n_prefix + 4 * full_patch + 64
     # video tokens: t position is the block start, h/w offsets within the merged grid
-    vis = pos[:, mask] if mask is not None else None
-    if vis is not None:
-        assert bool((vis[1] - vis[0] < hm).all()) and bool((vis[2] - vis[0] < wm).all())
-        assert deep.shape[1] == int(mask.sum())
+    vis = pos[:, mask]
+    assert vis.shape[1] > 0
+    assert bool((vis[1] - vis[0] < hm).all()) and bool((vis[2] - vis[0] < wm).all())
+    assert deep is None or deep.shape[1] == int(mask.sum())
     tail = model.backbone.tokenizer.decode(model.backbone.tokenizer("assistant\n").input_ids)
     assert tail == "assistant\n"
 
@@ -228,3 +228,30 @@ def test_prompt_dependent_reading_in_a_session(model):
         StreamSession(model, reader="pd", read_tokens=10_000, video_tokens=64, audio_tokens=16)
     with pytest.raises(ValueError, match="reader must be"):
         StreamSession(model, reader="magic")
+
+
+def test_omnimem_reader_in_a_session(model, tmp_path):
+    import json
+
+    def session(**kw):
+        s = StreamSession(model, video_tokens=64, audio_tokens=16, chunk_frames=4, max_new_tokens=6, **kw)
+        for i, f in enumerate(frames(10, seed=7)):
+            s.feed(frames=f, t=float(i))
+        s.feed(audio=tone(10.0), audio_t=0.0)
+        return s
+
+    full = session().ask("What is shown?")
+    layers = model.backbone.model.config.text_config.num_hidden_layers
+    wide = tmp_path / "wide.json"
+    wide.write_text(json.dumps([[16, 64]] * layers))
+    assert session(reader="omnimem", budget_file=str(wide), read_chunk=16).ask("What is shown?") == full
+    tight = tmp_path / "tight.json"
+    tight.write_text(json.dumps([[2, 6]] + [5] * (layers - 1)))
+    assert isinstance(session(reader="omnimem", budget_file=str(tight), read_chunk=16).ask("Why?"), str)
+    assert isinstance(session(reader="omnimem", read_tokens=8, read_chunk=16).ask("Why?"), str)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps([8] * (layers + 1)))
+    with pytest.raises(ValueError, match=f"{layers + 1} layer entries, but the model has {layers} layers"):
+        StreamSession(model, reader="omnimem", budget_file=str(wrong))
+    with pytest.raises(ValueError, match="only applies to reader='omnimem'"):
+        StreamSession(model, reader="pd", budget_file=str(wide))
