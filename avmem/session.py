@@ -41,6 +41,8 @@ SESSION_FORMAT = "avmem-session/1"
 AUDIO_RATE = 16000
 AUDIO_TOKENS_PER_SECOND = 2
 VISION_BATCH_PATCHES = 4
+KV_POLICIES = {"omnimem", "recent"}
+READERS = ("full", "pd", "omnimem", "recent")
 POLICIES: dict[str, type[CompressionPolicy]] = {
     "discard": NextSimilarityDiscard,
     "discard-prev": PreviousSimilarityDiscard,
@@ -69,7 +71,8 @@ class SessionSettings:
             layers or, with ``read_joint=False``, per layer as in the released code), or "omnimem"
             (per-layer, per-modality KV budgets from ``budget_file`` in the released format, or
             ``read_tokens`` per layer without one; attention exponent ``omni_lambda``; chunks of
-            ``read_chunk``).
+            ``read_chunk``), or "recent" (StreamingVLM baseline: attention sinks + the most recent
+            entries under the same budgets).
     """
 
     fps: float = 1.0
@@ -92,7 +95,7 @@ class SessionSettings:
     omni_lambda: float = 0.02
 
     def budgets(self, model: AVMemModel):
-        """The OmniMem budget schedule: ``budget_file``, or ``read_tokens`` in every layer."""
+        """The KV budget schedule: ``budget_file``, or ``read_tokens`` in every layer."""
         from .memory.kv.budgets import BudgetSchedule
 
         layers = model.backbone.model.config.text_config.num_hidden_layers
@@ -115,11 +118,11 @@ class SessionSettings:
         for name in ("video_policy", "audio_policy"):
             if getattr(self, name) not in POLICIES:
                 raise ValueError(f"{name} must be one of {sorted(POLICIES)}, got {getattr(self, name)!r}")
-        if self.reader not in ("full", "pd", "omnimem"):
-            raise ValueError(f"reader must be 'full', 'pd' or 'omnimem', got {self.reader!r}")
-        if self.budget_file is not None and self.reader != "omnimem":
-            raise ValueError("budget_file only applies to reader='omnimem'")
-        if self.reader == "omnimem":
+        if self.reader not in READERS:
+            raise ValueError(f"reader must be one of {READERS}, got {self.reader!r}")
+        if self.budget_file is not None and self.reader not in KV_POLICIES:
+            raise ValueError(f"budget_file only applies to readers {sorted(KV_POLICIES)}")
+        if self.reader in KV_POLICIES:
             self.budgets(model)  # validates the file against the model
         if self.reader == "pd" and self.read_tokens > self.video_tokens + self.audio_tokens:
             raise ValueError(f"read_tokens ({self.read_tokens}) is more than the memory holds "
@@ -431,14 +434,18 @@ class StreamSession:
             result = reader.read(bb, embeds[:cut], positions[:, :cut], selectable[:cut], embeds[cut:],
                                  positions[:, cut:], vis, deepstack)
             out = bb.decode(result.cache, result.logits, result.next_position, limit)
-        elif settings.reader == "omnimem":
-            from .memory.kv.omnimem import OmniMemPolicy
+        elif settings.reader in KV_POLICIES:
+            from .memory.kv import omnimem
             from .memory.kv.selection import AUDIO, TEXT, VISUAL
 
             modality = torch.full((cut,), TEXT, dtype=torch.long)
             modality[selectable[:cut]] = AUDIO
             modality[visual_mask[:cut]] = VISUAL
-            policy = OmniMemPolicy(settings.budgets(self.model), settings.read_chunk, settings.omni_lambda)
+            budgets = settings.budgets(self.model)
+            if settings.reader == "omnimem":
+                policy = omnimem.OmniMemPolicy(budgets, settings.read_chunk, settings.omni_lambda)
+            else:
+                policy = omnimem.RecentWindowPolicy(budgets, settings.read_chunk)
             result = policy.read(bb, embeds[:cut], positions[:, :cut], modality, embeds[cut:], positions[:, cut:],
                                  vis, deepstack)
             out = bb.decode(result.cache, result.logits, result.next_position, limit)

@@ -248,3 +248,25 @@ def test_omnimem_never_holds_more_than_its_budgets(tiny):
     with pytest.raises(ValueError, match="budget schedule has 3 layers"):
         OmniMemPolicy(BudgetSchedule.uniform(3, 8), 16).read(bb, memory, positions, modality, prompt,
                                                             prompt_positions)
+
+
+def test_recent_window_keeps_sinks_and_the_latest_entries(tiny):
+    from avmem.memory.kv.omnimem import RecentWindowPolicy
+
+    memory, positions, modality, prompt, prompt_positions = omni_case(tiny, n=96)
+    bb = tiny.backbone
+    layers = bb.model.config.text_config.num_hidden_layers
+    result = RecentWindowPolicy(BudgetSchedule.uniform(layers, (4, 10)), chunk_tokens=20, sinks=2).read(
+        bb, memory, positions, modality, prompt, prompt_positions)
+    audio_rows = torch.nonzero(modality == AUDIO).flatten()
+    visual_rows = torch.nonzero(modality == VISUAL).flatten()
+    for mods in result.modality:
+        assert int((mods == AUDIO).sum()) == 4 and int((mods == VISUAL).sum()) == 10
+    # with recency scoring every layer holds the same entries: 2 sinks + the latest of each modality
+    expected_v = torch.cat([visual_rows[:2], visual_rows[-8:]])
+    expected_a = torch.cat([audio_rows[:2], audio_rows[-2:]])
+    assert result.kept == [14] * layers
+    text_rows = torch.nonzero(modality == TEXT).flatten()
+    expected = torch.sort(torch.cat([text_rows, expected_a, expected_v])).values
+    for entries in result.entries:
+        assert torch.equal(entries, expected)

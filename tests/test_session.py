@@ -253,5 +253,6 @@ def test_omnimem_reader_in_a_session(model, tmp_path):
     wrong.write_text(json.dumps([8] * (layers + 1)))
     with pytest.raises(ValueError, match=f"{layers + 1} layer entries, but the model has {layers} layers"):
         StreamSession(model, reader="omnimem", budget_file=str(wrong))
-    with pytest.raises(ValueError, match="only applies to reader='omnimem'"):
+    with pytest.raises(ValueError, match="only applies to readers"):
         StreamSession(model, reader="pd", budget_file=str(wide))
+    assert isinstance(session(reader="recent", read_tokens=8, read_chunk=16).ask("Why?"), str)

@@ -1,13 +1,19 @@
-"""OmniMem: modality-aware KV memory with perturbation-aware selection (official_omnimem.md §1.5, §2-§3).
+"""Chunked KV memory policies over the LLM's own cache (official_omnimem.md §1.5, §2-§3).
 
 The memory sequence is prefilled in chunks; after every chunk, in every layer, the entries of
-(memory of that layer) ∪ (chunk) compete: score_i = sqrt(1 - s_i / 2) * a_i ** lambda, with s_i the
-cosine redundancy of the layer-input hidden states to their sequence neighbours and a_i the attention
-the chunk's queries pay to entry i (averaged with its previous value for older entries). Each layer then
-keeps every text entry plus, under its budget, the best audio and visual entries (separately for an
-``[audio, visual]`` budget, together for an int budget). Entries keep their original positions: the
-cache holds their keys/values as computed (functionally the released code's hidden-state memory, which
-recomputes them at the same positions). A last pass runs the question on the per-layer memories.
+(memory of that layer) ∪ (chunk) compete under that layer's hard budget: every text entry is kept,
+plus the best audio and visual entries (separately for an ``[audio, visual]`` budget, together for an
+int budget) by the policy's score. Entries keep their original positions: the cache holds their
+keys/values as computed (functionally the released code's hidden-state memory, which recomputes them at
+the same positions). A last pass runs the question on the per-layer memories.
+
+Policies (one class each, behind :class:`ChunkedKVPolicy`):
+
+* :class:`OmniMemPolicy` — score_i = sqrt(1 - s_i / 2) * a_i ** lambda, s_i the cosine redundancy of the
+  layer-input hidden states to their sequence neighbours, a_i the attention the chunk's queries pay to
+  entry i (averaged with its previous value for older entries).
+* :class:`RecentWindowPolicy` — StreamingVLM-style: the first ``sinks`` entries of each modality
+  (attention sinks) and then the most recent ones.
 """
 
 from __future__ import annotations
@@ -22,21 +28,27 @@ from .reader import ReadResult
 from .selection import AUDIO, VISUAL, omnimem_score, redundancy, select_with_budget
 
 
-class OmniMemPolicy:
-    """Per-layer, per-modality hard budgets over the LLM's KV cache.
+class ChunkedKVPolicy:
+    """Per-layer, per-modality hard budgets over the LLM's KV cache; subclasses define :meth:`score`.
 
     Args:
         budgets: one :class:`~avmem.memory.kv.budgets.LayerBudget` per LLM layer.
         chunk_tokens: memory tokens prefilled per chunk (the released ``memgroupsize``).
-        lam: the attention exponent lambda (released best: 0.02).
     """
 
-    def __init__(self, budgets: BudgetSchedule, chunk_tokens: int, lam: float = 0.02) -> None:
+    def __init__(self, budgets: BudgetSchedule, chunk_tokens: int) -> None:
         if not isinstance(chunk_tokens, int) or isinstance(chunk_tokens, bool) or chunk_tokens <= 0:
             raise ValueError(f"chunk_tokens must be a positive int, got {chunk_tokens!r}")
-        if not lam >= 0:
-            raise ValueError(f"lambda must be >= 0, got {lam}")
-        self.budgets, self.chunk_tokens, self.lam = budgets, chunk_tokens, float(lam)
+        self.budgets, self.chunk_tokens = budgets, chunk_tokens
+
+    def score(self, hidden: Tensor, attention: Tensor, order: Tensor, modality: Tensor) -> Tensor:
+        """Scores [N] of the entries competing in one layer (higher is kept).
+
+        Args:
+            hidden: layer-input hidden states [N, D] in sequence order; attention: importance [N];
+            order: original sequence index [N]; modality: TEXT/AUDIO/VISUAL [N].
+        """
+        raise NotImplementedError
 
     @torch.no_grad()
     def read(self, backbone, memory: Tensor, memory_positions: Tensor, modality: Tensor, prompt: Tensor,
@@ -72,6 +84,7 @@ class OmniMemPolicy:
         held_h: list[Tensor | None] = [None] * layers
         held_mod: list[Tensor] = [modality.new_zeros(0)] * layers
         held_a: list[Tensor] = [torch.zeros(0)] * layers
+        held_idx: list[Tensor] = [torch.zeros(0, dtype=torch.long)] * layers
         visual_rows = torch.cumsum(visual_mask.long(), 0) - 1 if visual_mask is not None else None
         try:
             for start in range(0, length, self.chunk_tokens):
@@ -88,14 +101,15 @@ class OmniMemPolicy:
                     hidden = inputs[l][-(stop - start):]
                     h = hidden if held_h[l] is None else torch.cat([held_h[l], hidden.to(held_h[l].dtype)])
                     mods = torch.cat([held_mod[l], chunk_mod])
+                    order = torch.cat([held_idx[l], torch.arange(start, stop)])
                     a = capture.importance[l].float().cpu()
                     a[:old] = (a[:old] + held_a[l]) / 2
-                    score = omnimem_score(redundancy(h), a, self.lam)
-                    keep = select_with_budget(score, mods, self.budgets[l])
+                    keep = select_with_budget(self.score(h, a, order, mods), mods, self.budgets[l])
                     dev_keep = keep.to(cache.layers[l].keys.device)
                     cache.layers[l].keys = cache.layers[l].keys.index_select(-2, dev_keep)
                     cache.layers[l].values = cache.layers[l].values.index_select(-2, dev_keep)
                     held_h[l], held_mod[l], held_a[l] = h[dev_keep.to(h.device)], mods[keep], a[keep]
+                    held_idx[l] = order[keep]
             for layer in decoder:
                 layer.self_attn.avmem_capture = None
             logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)
@@ -107,4 +121,35 @@ class OmniMemPolicy:
         kept = [int(((m == AUDIO) | (m == VISUAL)).sum()) for m in held_mod]
         next_position = int(torch.cat([memory_positions, prompt_positions], dim=1).max()) + 1
         return ReadResult(cache=cache, logits=logits, next_position=next_position, kept=kept,
-                          modality=[m.clone() for m in held_mod])
+                          modality=[m.clone() for m in held_mod], entries=[i.clone() for i in held_idx])
+
+
+class OmniMemPolicy(ChunkedKVPolicy):
+    """OmniMem's perturbation-aware selection; ``lam`` is the attention exponent (released best: 0.02)."""
+
+    def __init__(self, budgets: BudgetSchedule, chunk_tokens: int, lam: float = 0.02) -> None:
+        super().__init__(budgets, chunk_tokens)
+        if not lam >= 0:
+            raise ValueError(f"lambda must be >= 0, got {lam}")
+        self.lam = float(lam)
+
+    def score(self, hidden: Tensor, attention: Tensor, order: Tensor, modality: Tensor) -> Tensor:
+        return omnimem_score(redundancy(hidden), attention, self.lam)
+
+
+class RecentWindowPolicy(ChunkedKVPolicy):
+    """StreamingVLM-style: keep the first ``sinks`` entries of each modality, then the most recent."""
+
+    def __init__(self, budgets: BudgetSchedule, chunk_tokens: int, sinks: int = 4) -> None:
+        super().__init__(budgets, chunk_tokens)
+        if not isinstance(sinks, int) or sinks < 0:
+            raise ValueError(f"sinks must be an int >= 0, got {sinks!r}")
+        self.sinks = sinks
+
+    def score(self, hidden: Tensor, attention: Tensor, order: Tensor, modality: Tensor) -> Tensor:
+        score = order.double()
+        for kind in (AUDIO, VISUAL):
+            rows = torch.nonzero(modality == kind).flatten()
+            first = rows[torch.argsort(order[rows])][: self.sinks]
+            score[first] = float("inf")
+        return score

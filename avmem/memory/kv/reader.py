@@ -30,14 +30,16 @@ from .selection import joint_topk, per_layer_topk
 @dataclass
 class ReadResult:
     """The compressed cache after the prompt pass, the logits of the first answer token, and the
-    next decoding position; ``kept`` holds the selectable entries kept per layer and ``modality``
-    (where the policy tracks it) the modality of every entry each layer holds before the prompt."""
+    next decoding position; ``kept`` holds the selectable entries kept per layer; where the policy tracks
+    them, ``modality`` and ``entries`` give the modality and memory index of every entry each layer holds
+    before the prompt."""
 
     cache: DynamicCache
     logits: Tensor
     next_position: int
     kept: list[int]
     modality: list[Tensor] | None = None
+    entries: list[Tensor] | None = None
 
 
 class PromptDependentReader:
