@@ -149,7 +149,7 @@ def _telemetry(session, elapsed: float) -> dict:
         "frames": st.frames, "seconds": round(st.seconds, 3),
         "tokens": {"video_in": st.video_tokens_in, "video_held": st.video_tokens_held,
                    "audio_in": st.audio_tokens_in, "audio_held": st.audio_tokens_held},
-        "memory_bytes": st.memory_bytes, "drops": st.drops,
+        "memory_bytes": st.memory_bytes, "drops": st.drops, "read_per_layer": st.read_per_layer,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "elapsed_s": round(elapsed, 3), "x_realtime": round(st.seconds / elapsed, 2) if elapsed > 0 else None,
     }

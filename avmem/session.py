@@ -196,6 +196,7 @@ class SessionStats:
     drops: int = 0
     frames_per_second: float = 0.0
     questions: int = 0
+    read_per_layer: list[int] | None = None
 
 
 @dataclass
@@ -238,6 +239,7 @@ class StreamSession:
         self._video_bank = TokenBank(settings.video_tokens, POLICIES[settings.video_policy](), settings.bank_step)
         self._audio_bank = TokenBank(settings.audio_tokens, POLICIES[settings.audio_policy](), settings.bank_step)
         self._questions = 0
+        self._last_read: list[int] | None = None
 
     # feeding -----------------------------------------------------------------------------------------
 
@@ -434,6 +436,7 @@ class StreamSession:
             result = reader.read(bb, embeds[:cut], positions[:, :cut], selectable[:cut], embeds[cut:],
                                  positions[:, cut:], vis, deepstack)
             out = bb.decode(result.cache, result.logits, result.next_position, limit)
+            self._last_read = result.kept
         elif settings.reader in KV_POLICIES:
             from .memory.kv import omnimem
             from .memory.kv.selection import AUDIO, TEXT, VISUAL
@@ -449,8 +452,10 @@ class StreamSession:
             result = policy.read(bb, embeds[:cut], positions[:, :cut], modality, embeds[cut:], positions[:, cut:],
                                  vis, deepstack)
             out = bb.decode(result.cache, result.logits, result.next_position, limit)
+            self._last_read = result.kept
         else:
             out = bb.generate(embeds, positions, None if deepstack is None else visual_mask, deepstack, limit)
+            self._last_read = None
         self._questions += 1
         return self.model.backbone.tokenizer.decode(out, skip_special_tokens=True).strip()
 
@@ -553,7 +558,7 @@ class StreamSession:
             audio_tokens_held=0 if st.audio is None else len(st.audio),
             memory_bytes=mem, drops=st.drops,
             frames_per_second=st.frames / self._busy_seconds if self._busy_seconds > 0 else 0.0,
-            questions=self._questions,
+            questions=self._questions, read_per_layer=self._last_read,
         )
 
     def _model_fingerprint(self) -> dict:
