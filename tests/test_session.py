@@ -210,14 +210,19 @@ def test_session_file_from_another_model_is_refused(model, tmp_path):
         StreamSession.load(tmp_path / "junk.avmem", model)
 
 
+def fed_session(model, **kw) -> StreamSession:
+    """10 s of frames and audio in a small memory (64 video + 16 audio tokens)."""
+    s = StreamSession(model, video_tokens=64, audio_tokens=16, chunk_frames=4, max_new_tokens=6, **kw)
+    for i, f in enumerate(frames(10, seed=7)):
+        s.feed(frames=f, t=float(i))
+    s.feed(audio=tone(10.0), audio_t=0.0)
+    return s
+
+
 def test_prompt_dependent_reading_in_a_session(model):
     """pd with a budget covering the memory answers exactly as the full reader; a small budget runs too."""
     def session(**kw):
-        s = StreamSession(model, video_tokens=64, audio_tokens=16, chunk_frames=4, max_new_tokens=6, **kw)
-        for i, f in enumerate(frames(10, seed=7)):
-            s.feed(frames=f, t=float(i))
-        s.feed(audio=tone(10.0), audio_t=0.0)
-        return s
+        return fed_session(model, **kw)
 
     full = session().ask("What is shown?")
     assert session(reader="pd", read_tokens=80, read_chunk=16).ask("What is shown?") == full
@@ -234,11 +239,7 @@ def test_omnimem_reader_in_a_session(model, tmp_path):
     import json
 
     def session(**kw):
-        s = StreamSession(model, video_tokens=64, audio_tokens=16, chunk_frames=4, max_new_tokens=6, **kw)
-        for i, f in enumerate(frames(10, seed=7)):
-            s.feed(frames=f, t=float(i))
-        s.feed(audio=tone(10.0), audio_t=0.0)
-        return s
+        return fed_session(model, **kw)
 
     full = session().ask("What is shown?")
     layers = model.backbone.model.config.text_config.num_hidden_layers
