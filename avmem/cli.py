@@ -41,6 +41,7 @@ READ_CHUNK_OPT = typer.Option(16384, help="pd: memory tokens prefilled per chunk
 READ_PER_LAYER_OPT = typer.Option(False, "--read-per-layer", help="pd: rank per layer (released) instead of jointly.")
 BUDGET_FILE_OPT = typer.Option(None, "--budget-file", help="omnimem/recent: per-layer budgets, released format.")
 OMNI_LAMBDA_OPT = typer.Option(0.02, "--omni-lambda", help="omnimem: attention exponent lambda.")
+INCREMENTAL_OPT = typer.Option(False, "--incremental", help="full reader: keep the memory's KV between questions.")
 
 
 def user_errors(fn):
@@ -98,7 +99,7 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
                  no_audio: bool, no_ttt: bool, cg_iters: int, device: str, max_new_tokens: int,
                  video_policy: str = "discard", audio_policy: str = "merge", reader: str = "full",
                  read_tokens: int = 16384, read_chunk: int = 16384, read_per_layer: bool = False,
-                 budget_file: str | None = None, omni_lambda: float = 0.02):
+                 budget_file: str | None = None, omni_lambda: float = 0.02, incremental: bool = False):
     """Load the model and open a session; notes go to stderr."""
     from .model import load_model
     from .session import StreamSession
@@ -132,7 +133,8 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
                             audio_tokens=audio_tokens, use_audio=use_audio, use_ttt=use_ttt,
                             max_new_tokens=max_new_tokens, video_policy=video_policy, audio_policy=audio_policy,
                             reader=reader, read_tokens=read_tokens, read_chunk=read_chunk,
-                            read_joint=not read_per_layer, budget_file=budget_file, omni_lambda=omni_lambda)
+                            read_joint=not read_per_layer, budget_file=budget_file, omni_lambda=omni_lambda,
+                            incremental=incremental)
     return model, session
 
 
@@ -176,6 +178,7 @@ def ask(
     read_per_layer: bool = READ_PER_LAYER_OPT,
     budget_file: str = BUDGET_FILE_OPT,
     omni_lambda: float = OMNI_LAMBDA_OPT,
+    incremental: bool = INCREMENTAL_OPT,
     max_new_tokens: int = typer.Option(64, help="Answer length limit."),
     device: str = typer.Option("cpu", help="torch device."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -197,7 +200,7 @@ def ask(
                               device=device, max_new_tokens=max_new_tokens, video_policy=video_policy,
                               audio_policy=audio_policy, reader=reader, read_tokens=read_tokens,
                               read_chunk=read_chunk, read_per_layer=read_per_layer, budget_file=budget_file,
-                              omni_lambda=omni_lambda)
+                              omni_lambda=omni_lambda, incremental=incremental)
     columns = [TextColumn("watching"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
                TimeElapsedColumn()]
     with Progress(*columns, console=console, disable=json_out, transient=True) as bar:
@@ -271,6 +274,7 @@ def stream(
     read_per_layer: bool = READ_PER_LAYER_OPT,
     budget_file: str = BUDGET_FILE_OPT,
     omni_lambda: float = OMNI_LAMBDA_OPT,
+    incremental: bool = INCREMENTAL_OPT,
     timeout: float = typer.Option(10.0, help="Seconds to wait for data before giving up."),
     device: str = typer.Option("cpu", help="torch device."),
 ) -> None:
@@ -284,7 +288,7 @@ def stream(
                               device=device, max_new_tokens=64, video_policy=video_policy,
                               audio_policy=audio_policy, reader=reader, read_tokens=read_tokens,
                               read_chunk=read_chunk, read_per_layer=read_per_layer, budget_file=budget_file,
-                              omni_lambda=omni_lambda)
+                              omni_lambda=omni_lambda, incremental=incremental)
     source = LiveSource(url, fps=fps, audio=session.settings.use_audio, max_pixels=max_pixels,
                         factor=session.model.backbone.vision.factor, timeout=timeout)
     lock = threading.Lock()

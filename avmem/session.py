@@ -73,6 +73,8 @@ class SessionSettings:
             ``read_tokens`` per layer without one; attention exponent ``omni_lambda``; chunks of
             ``read_chunk``), or "recent" (StreamingVLM baseline: attention sinks + the most recent
             entries under the same budgets).
+        incremental: with ``reader="full"``, keep the memory's KV cache between questions so a question
+            costs a prefill of the question and of what was added since (see :class:`KVReuse`).
     """
 
     fps: float = 1.0
@@ -93,6 +95,7 @@ class SessionSettings:
     read_joint: bool = True
     budget_file: str | None = None
     omni_lambda: float = 0.02
+    incremental: bool = False
 
     def budgets(self, model: AVMemModel):
         """The KV budget schedule: ``budget_file``, or ``read_tokens`` in every layer."""
@@ -118,6 +121,8 @@ class SessionSettings:
         for name in ("video_policy", "audio_policy"):
             if getattr(self, name) not in POLICIES:
                 raise ValueError(f"{name} must be one of {sorted(POLICIES)}, got {getattr(self, name)!r}")
+        if self.incremental and self.reader != "full":
+            raise ValueError("incremental applies to reader='full' only")
         if self.reader not in READERS:
             raise ValueError(f"reader must be one of {READERS}, got {self.reader!r}")
         if self.budget_file is not None and self.reader not in KV_POLICIES:
@@ -182,6 +187,16 @@ class AudioLog:
 
 
 @dataclass
+class KVReuse:
+    """The memory part's KV cache kept between questions (incremental mode): positions [3, M],
+    embeddings [M, D] of its rows, and the cache itself."""
+
+    positions: Tensor
+    embeds: Tensor
+    cache: object
+
+
+@dataclass
 class SessionStats:
     """Telemetry (``StreamSession.stats()``)."""
 
@@ -197,6 +212,7 @@ class SessionStats:
     frames_per_second: float = 0.0
     questions: int = 0
     read_per_layer: list[int] | None = None
+    kv_reuse: str | None = None
 
 
 @dataclass
@@ -240,6 +256,8 @@ class StreamSession:
         self._audio_bank = TokenBank(settings.audio_tokens, POLICIES[settings.audio_policy](), settings.bank_step)
         self._questions = 0
         self._last_read: list[int] | None = None
+        self._kv: KVReuse | None = None
+        self._kv_mode: str | None = None
 
     # feeding -----------------------------------------------------------------------------------------
 
@@ -453,11 +471,64 @@ class StreamSession:
                                  vis, deepstack)
             out = bb.decode(result.cache, result.logits, result.next_position, limit)
             self._last_read = result.kept
+        elif settings.incremental:
+            cache = self._memory_cache(embeds[:cut], positions[:, :cut], visual_mask[:cut], deepstack)
+            logits = bb.forward_embeds(embeds[cut:], positions[:, cut:], cache, None, None)
+            out = bb.decode(cache, logits, int(positions.max()) + 1, limit)
+            self._last_read = None
         else:
             out = bb.generate(embeds, positions, None if deepstack is None else visual_mask, deepstack, limit)
             self._last_read = None
         self._questions += 1
         return self.model.backbone.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+    def _memory_cache(self, embeds: Tensor, positions: Tensor, visual_mask: Tensor, deepstack: Tensor | None):
+        """A KV cache of the memory part, reusing the one kept from the previous question when possible.
+
+        Rows are identified by their (t, h, w) position (unique in the layout) and compared by content.
+        * ``exact``: the kept cache covers the memory exactly, or the memory only gained rows after all
+          of it — the result equals prefilling from scratch.
+        * ``approximate``: rows were also dropped (evicted tokens, emptied patch wrappers); the kept rows'
+          keys/values were computed while the dropped rows were still there.
+        * ``recomputed``: rows changed content (e.g. merged audio) or were added in the middle.
+        """
+        import copy
+
+        from transformers import DynamicCache
+
+        bb = self.model.backbone
+        vis_rows = torch.cumsum(visual_mask.long(), 0) - 1
+        old = self._kv
+        cache, start, mode = None, 0, "recomputed"
+        if old is not None:
+            index = {tuple(p): i for i, p in enumerate(old.positions.t().tolist())}
+            new_keys = [tuple(p) for p in positions.t().tolist()]
+            matched = [(i, index.get(k)) for i, k in enumerate(new_keys)]
+            kept_new = [i for i, j in matched if j is not None and torch.equal(embeds[i], old.embeds[j])]
+            kept_old = [matched[i][1] for i in kept_new]
+            prefix = len(kept_new) == kept_new[-1] + 1 if kept_new else False
+            if prefix and kept_old == sorted(kept_old):
+                cache = copy.deepcopy(old.cache)
+                if len(kept_old) < old.positions.shape[1]:
+                    rows = torch.tensor(kept_old)
+                    for layer in cache.layers:
+                        layer.keys = layer.keys.index_select(-2, rows.to(layer.keys.device))
+                        layer.values = layer.values.index_select(-2, rows.to(layer.values.device))
+                    mode = "approximate"
+                else:
+                    mode = "exact"
+                start = len(kept_new)
+        if cache is None:
+            cache = DynamicCache(config=bb.model.config.text_config)
+        if start < embeds.shape[0]:
+            mask = ds = None
+            if deepstack is not None:
+                mask = visual_mask[start:]
+                ds = deepstack[:, vis_rows[start:][mask]]
+            bb.forward_embeds(embeds[start:], positions[:, start:], cache, mask, ds)
+        self._kv = KVReuse(positions=positions.clone(), embeds=embeds.clone(), cache=copy.deepcopy(cache))
+        self._kv_mode = mode
+        return cache
 
     def _audio_patch(self, st: SessionState, ids: np.ndarray) -> np.ndarray:
         """Temporal patch of each audio token id (by time; audio after the last patch goes to it)."""
@@ -558,7 +629,7 @@ class StreamSession:
             audio_tokens_held=0 if st.audio is None else len(st.audio),
             memory_bytes=mem, drops=st.drops,
             frames_per_second=st.frames / self._busy_seconds if self._busy_seconds > 0 else 0.0,
-            questions=self._questions, read_per_layer=self._last_read,
+            questions=self._questions, read_per_layer=self._last_read, kv_reuse=self._kv_mode,
         )
 
     def _model_fingerprint(self) -> dict:

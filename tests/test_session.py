@@ -212,7 +212,8 @@ def test_session_file_from_another_model_is_refused(model, tmp_path):
 
 def fed_session(model, **kw) -> StreamSession:
     """10 s of frames and audio in a small memory (64 video + 16 audio tokens)."""
-    s = StreamSession(model, video_tokens=64, audio_tokens=16, chunk_frames=4, max_new_tokens=6, **kw)
+    settings = {"video_tokens": 64, "audio_tokens": 16, "chunk_frames": 4, "max_new_tokens": 6, **kw}
+    s = StreamSession(model, **settings)
     for i, f in enumerate(frames(10, seed=7)):
         s.feed(frames=f, t=float(i))
     s.feed(audio=tone(10.0), audio_t=0.0)
@@ -259,3 +260,27 @@ def test_omnimem_reader_in_a_session(model, tmp_path):
     recent = session(reader="recent", read_tokens=8, read_chunk=16)
     assert isinstance(recent.ask("Why?"), str)
     assert recent.stats().read_per_layer == [8] * layers  # audio/visual KV entries held per layer
+
+
+def test_incremental_mode_reuses_the_memory_cache(model):
+    """Same memory: exact reuse, same answer as recomputing; new rows appended: exact; evictions: approximate."""
+    full = fed_session(model, video_tokens=4096, audio_tokens=4096)
+    inc = fed_session(model, video_tokens=4096, audio_tokens=4096, incremental=True)
+    for s in (full, inc):
+        s.flush()  # committed memory: later input only appends (pending frames would be re-encoded)
+    assert inc.ask("What?") == full.ask("What?") and inc.stats().kv_reuse == "recomputed"
+    assert inc.ask("And?") == full.ask("And?") and inc.stats().kv_reuse == "exact"
+    for s in (full, inc):
+        for i, f in enumerate(frames(4, seed=9), start=10):
+            s.feed(frames=f, t=float(i))
+        s.flush()
+    assert inc.ask("Now?") == full.ask("Now?") and inc.stats().kv_reuse == "exact"  # rows appended only
+    small = fed_session(model, incremental=True, audio_tokens=4096, video_policy="discard-prev")  # drops the oldest
+    small.flush()
+    small.ask("What?")
+    for i, f in enumerate(frames(12, seed=11), start=10):  # 30 + 36 tokens > 64: evictions
+        small.feed(frames=f, t=float(i))
+    small.flush()
+    assert isinstance(small.ask("Now?"), str) and small.stats().kv_reuse == "approximate"
+    with pytest.raises(ValueError, match="incremental applies"):
+        StreamSession(model, reader="pd", incremental=True)
