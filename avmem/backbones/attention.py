@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -55,13 +56,16 @@ def avmem_attention(module, query: Tensor, key: Tensor, value: Tensor, attention
         with torch.no_grad():
             capture.record(module.layer_idx, query[0], key[0])
     q_len, k_len = query.shape[-2], key.shape[-2]
-    mask = None
-    if q_len > 1:
-        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+    if q_len == 1:
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling)
+    elif q_len == k_len:
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True)
+    else:  # bottom-right aligned causal bias: the efficient kernels, no dense mask
+        bias = causal_lower_right(q_len, k_len)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=scaling)
     return out.transpose(1, 2).contiguous(), None
 
 
