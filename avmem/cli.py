@@ -342,6 +342,100 @@ def stream(
         raise failure[0]
 
 
+budgets_app = typer.Typer(no_args_is_help=True, help="OmniMem per-layer KV budgets.")
+app.add_typer(budgets_app, name="budgets")
+
+
+@budgets_app.command("compute")
+@user_errors
+def budgets_compute(
+    videos: list[str] = typer.Argument(..., help="Videos (with audio) to measure on."),
+    out: str = typer.Option(..., "--out", help="Budget file to write (released JSON format)."),
+    model: str = MODEL_OPT,
+    fps: float = FPS_OPT,
+    max_pixels: int = MAX_PIXELS_OPT,
+    video_tokens: int = VIDEO_TOKENS_OPT,
+    audio_tokens: int = AUDIO_TOKENS_OPT,
+    per_layer_mean: int = typer.Option(8192, help="Mean audio+visual budget per layer."),
+    temperature: float = typer.Option(0.2, help="Softmax temperature over layers."),
+    av_ratio: float = typer.Option(2.0, help="Visual up-weighting rho of the audio/visual split."),
+    no_clip: bool = typer.Option(False, "--no-clip", help="Do not clip budgets to 0.5-1.5x the mean."),
+    chunk: int = typer.Option(4096, help="Tokens per measured prefill chunk."),
+    device: str = typer.Option("cpu", help="torch device."),
+) -> None:
+    """Measure per-layer attention entropy and adjacent-token similarity per modality, write budgets."""
+    from .memory.kv.budgets import compute_budgets
+    from .memory.kv.signals import measure_signals
+
+    if chunk <= 0:
+        raise ValueError(f"--chunk must be > 0, got {chunk}")
+    m, _ = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens, audio_tokens=audio_tokens,
+                        no_audio=False, no_ttt=False, cg_iters=None, device=device, max_new_tokens=1)
+    if m.audio is None:
+        raise ValueError("budgets need a model with audio (audio and visual budgets are measured separately)")
+    from .session import StreamSession
+
+    totals = None
+    for video in videos:
+        session = StreamSession(m, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
+                                audio_tokens=audio_tokens, use_ttt=m.ttt is not None)
+        with console.status(f"watching {video}..."):
+            session.feed_file(video)
+        embeds, positions, modality, visual, deepstack = session.memory_inputs()
+        with console.status(f"measuring {video}..."):
+            totals = measure_signals(m.backbone, embeds, positions, modality, chunk, totals,
+                                     visual if deepstack is not None else None, deepstack)
+    schedule = compute_budgets(totals.signals(), per_layer_mean, temperature, av_ratio, None if no_clip else (0.5, 1.5))
+    schedule.save(out)
+    console.print(f"wrote {out}: {len(schedule)} layers, {schedule.total_tokens() / len(schedule):.0f} audio+visual "
+                  f"tokens per layer on average")
+
+
+@budgets_app.command("show")
+@user_errors
+def budgets_show(
+    file: str = typer.Argument(..., help="Budget file (released JSON format)."),
+    png: str = typer.Option(None, "--png", help="Also plot the budgets per layer to this PNG."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Print (and plot) a budget file."""
+    from .memory.kv.budgets import BudgetSchedule
+
+    schedule = BudgetSchedule.load(file)
+    rows = [(i, b.audio, b.visual, b.total if b.total is not None else b.audio + b.visual)
+            for i, b in enumerate(schedule.layers)]
+    if png:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ValueError("--png needs matplotlib (pip install matplotlib)") from None
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        layers = [r[0] for r in rows]
+        if any(r[1] is not None for r in rows):
+            ax.bar(layers, [r[2] or 0 for r in rows], label="visual")
+            ax.bar(layers, [r[1] or 0 for r in rows], bottom=[r[2] or 0 for r in rows], label="audio")
+        ax.plot(layers, [r[3] for r in rows], "k.-", label="total")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("tokens")
+        ax.set_title(file)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(png, dpi=120)
+    if json_out:
+        print(json.dumps({"layers": [{"layer": i, "audio": a, "visual": v, "total": t} for i, a, v, t in rows],
+                          "mean_per_layer": schedule.total_tokens() / len(schedule)}))
+        return
+    table = Table(title=f"{file}: {len(schedule)} layers, mean {schedule.total_tokens() / len(schedule):.0f}")
+    for col in ("layer", "audio", "visual", "total"):
+        table.add_column(col, justify="right")
+    for i, a, v, t in rows:
+        table.add_row(str(i), "-" if a is None else str(a), "-" if v is None else str(v), str(t))
+    console.print(table)
+
+
 @app.command()
 def version() -> None:
     """Print the avmem version."""

@@ -482,6 +482,21 @@ class StreamSession:
         self._questions += 1
         return self.model.backbone.tokenizer.decode(out, skip_special_tokens=True).strip()
 
+    def memory_inputs(self):
+        """The memory part of the LLM input as the next question would see it: embeddings [L, D], positions
+        [3, L], modality [L] (TEXT/AUDIO/VISUAL), visual mask [L] and DeepStack rows [k, n_visual, D] or None."""
+        from .memory.kv.selection import AUDIO, TEXT, VISUAL
+
+        st = self._flushed()
+        if len(st.patches) == 0 and st.audio is None:
+            raise ValueError("nothing has been fed yet")
+        embeds, positions, visual, deepstack, selectable, n_query = self._prompt(st, "?")
+        cut = embeds.shape[0] - n_query
+        modality = torch.full((cut,), TEXT, dtype=torch.long)
+        modality[selectable[:cut]] = AUDIO
+        modality[visual[:cut]] = VISUAL
+        return embeds[:cut], positions[:, :cut], modality, visual[:cut], deepstack
+
     def _memory_cache(self, embeds: Tensor, positions: Tensor, visual_mask: Tensor, deepstack: Tensor | None):
         """A KV cache of the memory part, reusing the one kept from the previous question when possible.
 

@@ -174,3 +174,22 @@ def test_ask_with_omnimem_budget_file(clip, tmp_path):
     bad = runner.invoke(app, ["ask", str(clip), "-q", "x", "--model", "tiny-qwen3-vl", "--reader", "omnimem",
                               "--budget-file", str(budget)])
     assert bad.exit_code == 2 and "layer 1" in bad.stderr
+
+
+def test_budgets_compute_and_show(clip, tmp_path):
+    out = tmp_path / "budgets.json"
+    result = runner.invoke(app, ["budgets", "compute", str(clip), str(clip), "--out", str(out), "--model",
+                                 "tiny-qwen3-vl", "--per-layer-mean", "64", "--chunk", "32"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert len(data) == 2 and all(isinstance(e, list) and len(e) == 2 for e in data)
+    assert all(32 <= v <= 96 and 16 <= a <= 48 for a, v in data)  # clipped to 0.5-1.5x the mean (audio / rho)
+    shown = runner.invoke(app, ["budgets", "show", str(out), "--json", "--png", str(tmp_path / "b.png")])
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.stdout)
+    assert [row["layer"] for row in report["layers"]] == [0, 1] and (tmp_path / "b.png").stat().st_size > 1000
+    bad = runner.invoke(app, ["budgets", "show", str(tmp_path / "missing.json")])
+    assert bad.exit_code == 2 and "no such budget file" in bad.stderr
+    silent = runner.invoke(app, ["budgets", "compute", str(clip), "--out", str(out), "--model", "tiny-qwen3-vl",
+                                 "--chunk", "0"])
+    assert silent.exit_code == 2 and "--chunk" in silent.stderr

@@ -270,3 +270,19 @@ def test_recent_window_keeps_sinks_and_the_latest_entries(tiny):
     expected = torch.sort(torch.cat([text_rows, expected_a, expected_v])).values
     for entries in result.entries:
         assert torch.equal(entries, expected)
+
+
+def test_measured_signals(tiny):
+    from avmem.memory.kv.signals import measure_signals
+
+    memory, positions, modality, _, _ = omni_case(tiny, n=64)
+    memory[modality == VISUAL] = memory[modality == VISUAL][0]  # identical visual tokens
+    totals = measure_signals(tiny.backbone, memory, positions, modality, chunk_tokens=16)
+    signals = totals.signals()
+    assert signals.cos_visual[0] == pytest.approx(1.0, abs=1e-5)  # layer 0 sees the embeddings
+    assert all(-1 <= c <= 1 for c in signals.cos_audio)
+    assert all(0 < e <= math.log(64) + 1e-6 for e in signals.entropy_all + signals.entropy_visual)
+    no_audio = modality.clone()
+    no_audio[no_audio == AUDIO] = VISUAL
+    with pytest.raises(ValueError, match="both audio and visual"):
+        measure_signals(tiny.backbone, memory, positions, no_audio, chunk_tokens=16).signals()
