@@ -42,7 +42,7 @@ AUDIO_RATE = 16000
 AUDIO_TOKENS_PER_SECOND = 2
 VISION_BATCH_PATCHES = 4
 KV_POLICIES = {"omnimem", "recent"}
-READERS = ("full", "pd", "omnimem", "recent")
+READERS = ("full", "pd", "snapkv", "omnimem", "recent")
 POLICIES: dict[str, type[CompressionPolicy]] = {
     "discard": NextSimilarityDiscard,
     "discard-prev": PreviousSimilarityDiscard,
@@ -71,7 +71,8 @@ class SessionSettings:
             layers or, with ``read_joint=False``, per layer as in the released code), or "omnimem"
             (per-layer, per-modality KV budgets from ``budget_file`` in the released format, or
             ``read_tokens`` per layer without one; attention exponent ``omni_lambda``; chunks of
-            ``read_chunk``), or "recent" (StreamingVLM baseline: attention sinks + the most recent
+            ``read_chunk``), "snapkv" (SnapKV-style baseline: per-layer query-attention top-k with
+            max-pooling over 7 neighbours), or "recent" (StreamingVLM baseline: attention sinks + the most recent
             entries under the same budgets).
         incremental: with ``reader="full"``, keep the memory's KV cache between questions so a question
             costs a prefill of the question and of what was added since (see :class:`KVReuse`).
@@ -129,7 +130,7 @@ class SessionSettings:
             raise ValueError(f"budget_file only applies to readers {sorted(KV_POLICIES)}")
         if self.reader in KV_POLICIES:
             self.budgets(model)  # validates the file against the model
-        if self.reader == "pd" and self.read_tokens > self.video_tokens + self.audio_tokens:
+        if self.reader in ("pd", "snapkv") and self.read_tokens > self.video_tokens + self.audio_tokens:
             raise ValueError(f"read_tokens ({self.read_tokens}) is more than the memory holds "
                              f"({self.video_tokens} video + {self.audio_tokens} audio tokens)")
         if self.use_audio and model.audio is None:
@@ -447,10 +448,13 @@ class StreamSession:
         settings = self.settings
         cut = embeds.shape[0] - n_query
         vis = None if deepstack is None else visual_mask[:cut]
-        if settings.reader == "pd" and int(selectable.sum()) > settings.read_tokens:
+        if settings.reader in ("pd", "snapkv") and int(selectable.sum()) > settings.read_tokens:
             from .memory.kv.reader import PromptDependentReader
 
-            reader = PromptDependentReader(settings.read_chunk, settings.read_tokens, settings.read_joint)
+            if settings.reader == "pd":
+                reader = PromptDependentReader(settings.read_chunk, settings.read_tokens, settings.read_joint)
+            else:
+                reader = PromptDependentReader(settings.read_chunk, settings.read_tokens, joint=False, pool=7)
             result = reader.read(bb, embeds[:cut], positions[:, :cut], selectable[:cut], embeds[cut:],
                                  positions[:, cut:], vis, deepstack)
             out = bb.decode(result.cache, result.logits, result.next_position, limit)

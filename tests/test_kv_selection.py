@@ -286,3 +286,16 @@ def test_measured_signals(tiny):
     no_audio[no_audio == AUDIO] = VISUAL
     with pytest.raises(ValueError, match="both audio and visual"):
         measure_signals(tiny.backbone, memory, positions, no_audio, chunk_tokens=16).signals()
+
+
+def test_snapkv_style_pooling_keeps_neighbours_of_strong_keys(tiny):
+    from avmem.memory.kv.reader import PromptDependentReader
+
+    reader = PromptDependentReader(16, 4, joint=False, pool=3)
+    pooled = reader._pooled(torch.tensor([0.0, 0.0, 5.0, 0.0, 0.0, 1.0]))
+    assert pooled.tolist() == [0.0, 5.0, 5.0, 5.0, 1.0, 1.0]
+    memory, positions, selectable, prompt, prompt_positions = memory_case(tiny, n=64)
+    result = reader.read(tiny.backbone, memory, positions, selectable, prompt, prompt_positions)
+    assert result.kept == [4] * len(result.kept)
+    with pytest.raises(ValueError, match="pool must be odd"):
+        PromptDependentReader(16, 4, pool=4)

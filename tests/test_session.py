@@ -230,6 +230,7 @@ def test_prompt_dependent_reading_in_a_session(model):
     small = session(reader="pd", read_tokens=8, read_chunk=16)
     assert isinstance(small.ask("What is shown?"), str)
     assert isinstance(session(reader="pd", read_tokens=8, read_chunk=16, read_joint=False).ask("Why?"), str)
+    assert isinstance(session(reader="snapkv", read_tokens=8, read_chunk=16).ask("Why?"), str)
     with pytest.raises(ValueError, match="more than the memory holds"):
         StreamSession(model, reader="pd", read_tokens=10_000, video_tokens=64, audio_tokens=16)
     with pytest.raises(ValueError, match="reader must be"):

@@ -50,13 +50,26 @@ class PromptDependentReader:
         read_tokens: M, selectable entries kept per layer on average.
         joint: rank across all layers together (paper) or per layer (released code).
         block: key block of the importance computation.
+        pool: max-pool the importance over ``pool`` neighbouring chunk entries before ranking (odd; 1 = off).
+            ``joint=False, pool=7`` is the SnapKV-style baseline (query-attention top-k with pooling).
     """
 
-    def __init__(self, chunk_tokens: int, read_tokens: int, joint: bool = True, block: int = 4096) -> None:
-        for name, value in (("chunk_tokens", chunk_tokens), ("read_tokens", read_tokens), ("block", block)):
+    def __init__(self, chunk_tokens: int, read_tokens: int, joint: bool = True, block: int = 4096,
+                 pool: int = 1) -> None:
+        for name, value in (("chunk_tokens", chunk_tokens), ("read_tokens", read_tokens), ("block", block),
+                            ("pool", pool)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if pool % 2 == 0:
+            raise ValueError(f"pool must be odd, got {pool}")
         self.chunk_tokens, self.read_tokens, self.joint, self.block = chunk_tokens, read_tokens, joint, block
+        self.pool = pool
+
+    def _pooled(self, importance: Tensor) -> Tensor:
+        if self.pool == 1:
+            return importance
+        return torch.nn.functional.max_pool1d(importance.view(1, 1, -1), self.pool, stride=1,
+                                              padding=self.pool // 2).view(-1)
 
     @torch.no_grad()
     def read(self, backbone, memory: Tensor, memory_positions: Tensor, selectable: Tensor, prompt: Tensor,
@@ -105,7 +118,7 @@ class PromptDependentReader:
                 backbone.forward_embeds(embeds, positions, cache, mask, ds)
                 quota = round(int(sel.sum()) * self.read_tokens / n_sel * (layers if self.joint else 1))
                 candidates = torch.nonzero(sel).flatten()
-                scores = [capture.importance[l][before[l]:before[l] + (stop - start)][candidates]
+                scores = [self._pooled(capture.importance[l][before[l]:before[l] + (stop - start)])[candidates]
                           for l in range(layers)]
                 chosen = (joint_topk(scores, quota) if self.joint else per_layer_topk(scores, quota))
                 text = torch.nonzero(~sel).flatten()
