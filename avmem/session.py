@@ -41,8 +41,8 @@ SESSION_FORMAT = "avmem-session/1"
 AUDIO_RATE = 16000
 AUDIO_TOKENS_PER_SECOND = 2
 VISION_BATCH_PATCHES = 4
-KV_POLICIES = {"omnimem", "recent"}
-READERS = ("full", "pd", "snapkv", "omnimem", "recent")
+KV_POLICIES = {"omnimem", "recent", "similarity", "infinipot"}
+READERS = ("full", "pd", "snapkv", "omnimem", "recent", "similarity", "infinipot")
 POLICIES: dict[str, type[CompressionPolicy]] = {
     "discard": NextSimilarityDiscard,
     "discard-prev": PreviousSimilarityDiscard,
@@ -72,8 +72,9 @@ class SessionSettings:
             (per-layer, per-modality KV budgets from ``budget_file`` in the released format, or
             ``read_tokens`` per layer without one; attention exponent ``omni_lambda``; chunks of
             ``read_chunk``), "snapkv" (SnapKV-style baseline: per-layer query-attention top-k with
-            max-pooling over 7 neighbours), or "recent" (StreamingVLM baseline: attention sinks + the most recent
-            entries under the same budgets).
+            max-pooling over 7 neighbours), or the KV baselines under the same budgets as "omnimem":
+            "recent" (StreamingVLM: attention sinks + the most recent entries), "similarity" (MovieChat-style
+            similarity discard), "infinipot" (InfiniPot-V-style temporal novelty + value norm).
         incremental: with ``reader="full"``, keep the memory's KV cache between questions so a question
             costs a prefill of the question and of what was added since (see :class:`KVReuse`).
     """
@@ -470,7 +471,9 @@ class StreamSession:
             if settings.reader == "omnimem":
                 policy = omnimem.OmniMemPolicy(budgets, settings.read_chunk, settings.omni_lambda)
             else:
-                policy = omnimem.RecentWindowPolicy(budgets, settings.read_chunk)
+                cls = {"recent": omnimem.RecentWindowPolicy, "similarity": omnimem.SimilarityDiscardPolicy,
+                       "infinipot": omnimem.InfiniPotVPolicy}[settings.reader]
+                policy = cls(budgets, settings.read_chunk)
             result = policy.read(bb, embeds[:cut], positions[:, :cut], modality, embeds[cut:], positions[:, cut:],
                                  vis, deepstack)
             out = bb.decode(result.cache, result.logits, result.next_position, limit)

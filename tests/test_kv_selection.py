@@ -299,3 +299,38 @@ def test_snapkv_style_pooling_keeps_neighbours_of_strong_keys(tiny):
     assert result.kept == [4] * len(result.kept)
     with pytest.raises(ValueError, match="pool must be odd"):
         PromptDependentReader(16, 4, pool=4)
+
+
+@pytest.mark.parametrize("name", ["SimilarityDiscardPolicy", "InfiniPotVPolicy"])
+def test_kv_baselines_respect_budgets_and_cover_the_context(tiny, name):
+    from transformers import DynamicCache
+
+    from avmem.memory.kv import omnimem
+
+    cls = getattr(omnimem, name)
+    memory, positions, modality, prompt, prompt_positions = omni_case(tiny, n=96)
+    bb = tiny.backbone
+    layers = bb.model.config.text_config.num_hidden_layers
+    result = cls(BudgetSchedule.uniform(layers, (3, 9)), 24).read(bb, memory, positions, modality, prompt,
+                                                                  prompt_positions)
+    for mods in result.modality:
+        assert int((mods == AUDIO).sum()) == 3 and int((mods == VISUAL).sum()) == 9
+        assert int((mods == TEXT).sum()) == int((modality == TEXT).sum())
+    full = bb.forward_embeds(torch.cat([memory, prompt]), torch.cat([positions, prompt_positions], 1),
+                             DynamicCache(config=bb.model.config.text_config), None, None)
+    wide = cls(BudgetSchedule.uniform(layers, (96, 96)), 24).read(bb, memory, positions, modality, prompt,
+                                                                  prompt_positions)
+    torch.testing.assert_close(wide.logits, full, rtol=1e-4, atol=1e-4)
+
+
+def test_similarity_discard_drops_duplicates_first(tiny):
+    from avmem.memory.kv.omnimem import SimilarityDiscardPolicy
+
+    memory, positions, modality, prompt, prompt_positions = omni_case(tiny, n=48)
+    visual = torch.nonzero(modality == VISUAL).flatten()
+    memory[visual[5]] = memory[visual[4]]  # an exact duplicate of its predecessor
+    layers = tiny.backbone.model.config.text_config.num_hidden_layers
+    n_visual = len(visual)
+    result = SimilarityDiscardPolicy(BudgetSchedule.uniform(layers, (48, n_visual - 1)), 48).read(
+        tiny.backbone, memory, positions, modality, prompt, prompt_positions)
+    assert int(visual[5]) not in result.entries[0].tolist()  # layer 0 sees the embeddings themselves

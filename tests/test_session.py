@@ -258,6 +258,8 @@ def test_omnimem_reader_in_a_session(model, tmp_path):
         StreamSession(model, reader="omnimem", budget_file=str(wrong))
     with pytest.raises(ValueError, match="only applies to readers"):
         StreamSession(model, reader="pd", budget_file=str(wide))
+    for name in ("similarity", "infinipot"):
+        assert isinstance(session(reader=name, read_tokens=8, read_chunk=16).ask("Why?"), str)
     recent = session(reader="recent", read_tokens=8, read_chunk=16)
     assert isinstance(recent.ask("Why?"), str)
     assert recent.stats().read_per_layer == [8] * layers  # audio/visual KV entries held per layer

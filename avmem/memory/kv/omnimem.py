@@ -22,10 +22,30 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
+from dataclasses import dataclass
+
 from ...backbones.attention import ChunkCapture
 from .budgets import BudgetSchedule
 from .reader import ReadResult
 from .selection import AUDIO, VISUAL, omnimem_score, redundancy, select_with_budget
+
+
+@dataclass
+class Entries:
+    """The N entries competing in one layer, in sequence order.
+
+    Attributes:
+        hidden: layer-input hidden states [N, D]; attention: importance from the chunk's queries [N];
+        order: memory index [N]; modality: TEXT/AUDIO/VISUAL [N]; positions: (t, h, w) [3, N];
+        values: the layer's value vectors, heads flattened [N, H_kv * d].
+    """
+
+    hidden: Tensor
+    attention: Tensor
+    order: Tensor
+    modality: Tensor
+    positions: Tensor
+    values: Tensor
 
 
 class ChunkedKVPolicy:
@@ -41,13 +61,8 @@ class ChunkedKVPolicy:
             raise ValueError(f"chunk_tokens must be a positive int, got {chunk_tokens!r}")
         self.budgets, self.chunk_tokens = budgets, chunk_tokens
 
-    def score(self, hidden: Tensor, attention: Tensor, order: Tensor, modality: Tensor) -> Tensor:
-        """Scores [N] of the entries competing in one layer (higher is kept).
-
-        Args:
-            hidden: layer-input hidden states [N, D] in sequence order; attention: importance [N];
-            order: original sequence index [N]; modality: TEXT/AUDIO/VISUAL [N].
-        """
+    def score(self, entries: "Entries") -> Tensor:
+        """Scores [N] of the entries competing in one layer (higher is kept)."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -104,7 +119,10 @@ class ChunkedKVPolicy:
                     order = torch.cat([held_idx[l], torch.arange(start, stop)])
                     a = capture.importance[l].float().cpu()
                     a[:old] = (a[:old] + held_a[l]) / 2
-                    keep = select_with_budget(self.score(h, a, order, mods), mods, self.budgets[l])
+                    values = cache.layers[l].values[0].transpose(0, 1).reshape(len(order), -1).float().cpu()
+                    entries = Entries(hidden=h, attention=a, order=order, modality=mods,
+                                      positions=memory_positions[:, order], values=values)
+                    keep = select_with_budget(self.score(entries), mods, self.budgets[l])
                     dev_keep = keep.to(cache.layers[l].keys.device)
                     cache.layers[l].keys = cache.layers[l].keys.index_select(-2, dev_keep)
                     cache.layers[l].values = cache.layers[l].values.index_select(-2, dev_keep)
@@ -133,8 +151,8 @@ class OmniMemPolicy(ChunkedKVPolicy):
             raise ValueError(f"lambda must be >= 0, got {lam}")
         self.lam = float(lam)
 
-    def score(self, hidden: Tensor, attention: Tensor, order: Tensor, modality: Tensor) -> Tensor:
-        return omnimem_score(redundancy(hidden), attention, self.lam)
+    def score(self, entries: Entries) -> Tensor:
+        return omnimem_score(redundancy(entries.hidden), entries.attention, self.lam)
 
 
 class RecentWindowPolicy(ChunkedKVPolicy):
@@ -146,10 +164,52 @@ class RecentWindowPolicy(ChunkedKVPolicy):
             raise ValueError(f"sinks must be an int >= 0, got {sinks!r}")
         self.sinks = sinks
 
-    def score(self, hidden: Tensor, attention: Tensor, order: Tensor, modality: Tensor) -> Tensor:
-        score = order.double()
+    def score(self, entries: Entries) -> Tensor:
+        score = entries.order.double()
         for kind in (AUDIO, VISUAL):
-            rows = torch.nonzero(modality == kind).flatten()
-            first = rows[torch.argsort(order[rows])][: self.sinks]
+            rows = torch.nonzero(entries.modality == kind).flatten()
+            first = rows[torch.argsort(entries.order[rows])][: self.sinks]
             score[first] = float("inf")
         return score
+
+
+class SimilarityDiscardPolicy(ChunkedKVPolicy):
+    """MovieChat-style on the KV cache: drop the entries most similar to their previous entry of the same
+    modality (layer-input hidden states)."""
+
+    def score(self, entries: Entries) -> Tensor:
+        score = torch.zeros(len(entries.order), dtype=torch.float64)
+        unit = torch.nn.functional.normalize(entries.hidden.float(), dim=-1)
+        for kind in (AUDIO, VISUAL):
+            rows = torch.nonzero(entries.modality == kind).flatten()
+            if len(rows) > 1:
+                score[rows[1:]] = -(unit[rows[1:]] * unit[rows[:-1]]).sum(-1).double()
+                score[rows[0]] = float("inf")
+        return score
+
+
+class InfiniPotVPolicy(ChunkedKVPolicy):
+    """InfiniPot-V-style: keep visual entries that changed most since the previous frame at the same spatial
+    location (1 - cosine of the layer inputs; the first time a location is seen counts as fully new),
+    mixed with the value norm: score = alpha * temporal novelty + (1 - alpha) * normalised value norm.
+    Audio entries use their value norm."""
+
+    def __init__(self, budgets: BudgetSchedule, chunk_tokens: int, alpha: float = 0.5) -> None:
+        super().__init__(budgets, chunk_tokens)
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.alpha = alpha
+
+    def score(self, entries: Entries) -> Tensor:
+        norm = entries.values.norm(dim=-1).double()
+        norm = norm / norm.max().clamp_min(1e-12)
+        novelty = torch.ones(len(entries.order), dtype=torch.float64)
+        unit = torch.nn.functional.normalize(entries.hidden.float(), dim=-1)
+        pos = entries.positions
+        last: dict[tuple[int, int], int] = {}
+        for i in torch.nonzero(entries.modality == VISUAL).flatten().tolist():
+            where = (int(pos[1, i] - pos[0, i]), int(pos[2, i] - pos[0, i]))
+            if where in last:
+                novelty[i] = 1 - float((unit[i] * unit[last[where]]).sum())
+            last[where] = i
+        return self.alpha * novelty + (1 - self.alpha) * norm
