@@ -191,9 +191,9 @@ def test_reader_respects_its_budget_and_keeps_text(tiny, joint):
         assert sum(result.kept) == 12 * layers
     else:
         assert result.kept == [12] * layers
-    for l in range(layers):
-        held = result.cache.layers[l].keys.shape[-2]
-        assert held == n_text + result.kept[l] + prompt.shape[0]  # text always kept, plus the prompt pass
+    for li in range(layers):
+        held = result.cache.layers[li].keys.shape[-2]
+        assert held == n_text + result.kept[li] + prompt.shape[0]  # text always kept, plus the prompt pass
     answer = tiny.backbone.decode(result.cache, result.logits, result.next_position, 4)
     assert isinstance(answer, list)
     with pytest.raises(ValueError, match="cannot read 100 tokens"):
@@ -236,14 +236,14 @@ def test_omnimem_never_holds_more_than_its_budgets(tiny):
     schedule = BudgetSchedule.from_official([[3, 10], 7][:layers] + [[1, 4]] * (layers - 2), layers)
     result = OmniMemPolicy(schedule, chunk_tokens=20, lam=0.02).read(bb, memory, positions, modality, prompt,
                                                                      prompt_positions)
-    for l, mods in enumerate(result.modality):
-        budget = schedule[l]
+    for li, mods in enumerate(result.modality):
+        budget = schedule[li]
         assert int((mods == TEXT).sum()) == n_text
         if budget.per_modality:
             assert int((mods == AUDIO).sum()) == budget.audio and int((mods == VISUAL).sum()) == budget.visual
         else:
             assert int((mods != TEXT).sum()) == budget.total
-        assert result.cache.layers[l].keys.shape[-2] == len(mods) + prompt.shape[0]
+        assert result.cache.layers[li].keys.shape[-2] == len(mods) + prompt.shape[0]
     assert isinstance(bb.decode(result.cache, result.logits, result.next_position, 3), list)
     with pytest.raises(ValueError, match="budget schedule has 3 layers"):
         OmniMemPolicy(BudgetSchedule.uniform(3, 8), 16).read(bb, memory, positions, modality, prompt,

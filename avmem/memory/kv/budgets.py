@@ -125,7 +125,7 @@ def compute_budgets(signals: LayerSignals, per_layer_mean: int, temperature: flo
     """The released offline formula (official_omnimem.md §2.2).
 
     r = 1 - cos per modality, r_all = (r_a + r_v) / 2; b = entropy * sqrt(r) per modality and overall;
-    layer shares p = softmax(b_all / temperature); B[l] = p[l] * per_layer_mean * L; modality split
+    layer shares p = softmax(b_all / temperature); B_l = p_l * per_layer_mean * L; modality split
     w_a = b_a / (b_a + rho b_v), w_v = rho b_v / (b_a + rho b_v) with rho = ``av_ratio``; then, with
     ``clip`` = (lo, hi), B_v in [lo, hi] * per_layer_mean and B_a in that range / rho.
 
@@ -143,20 +143,20 @@ def compute_budgets(signals: LayerSignals, per_layer_mean: int, temperature: flo
                          f"{temperature}, {av_ratio}")
     total = per_layer_mean * n
     b_all, b_a, b_v = [], [], []
-    for l in range(n):
-        r_a = max(0.0, 1.0 - signals.cos_audio[l])
-        r_v = max(0.0, 1.0 - signals.cos_visual[l])
-        b_a.append(signals.entropy_audio[l] * math.sqrt(r_a))
-        b_v.append(signals.entropy_visual[l] * math.sqrt(r_v))
-        b_all.append(signals.entropy_all[l] * math.sqrt((r_a + r_v) / 2))
+    for li in range(n):
+        r_a = max(0.0, 1.0 - signals.cos_audio[li])
+        r_v = max(0.0, 1.0 - signals.cos_visual[li])
+        b_a.append(signals.entropy_audio[li] * math.sqrt(r_a))
+        b_v.append(signals.entropy_visual[li] * math.sqrt(r_v))
+        b_all.append(signals.entropy_all[li] * math.sqrt((r_a + r_v) / 2))
     top = max(b / temperature for b in b_all)
     weights = [math.exp(b / temperature - top) for b in b_all]
     norm = sum(weights)
     layers = []
-    for l in range(n):
-        budget = weights[l] / norm * total
-        denom = b_a[l] + av_ratio * b_v[l]
-        w_a = b_a[l] / denom if denom > 0 else 0.5
+    for li in range(n):
+        budget = weights[li] / norm * total
+        denom = b_a[li] + av_ratio * b_v[li]
+        w_a = b_a[li] / denom if denom > 0 else 0.5
         audio, visual = budget * w_a, budget * (1 - w_a)
         if clip is not None:
             lo, hi = clip

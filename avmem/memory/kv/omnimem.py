@@ -111,23 +111,23 @@ class ChunkedKVPolicy:
                 capture.importance.clear()
                 backbone.forward_embeds(memory[start:stop], memory_positions[:, start:stop], cache, mask, ds)
                 chunk_mod = modality[start:stop]
-                for l in range(layers):
-                    old = held_mod[l].shape[0]
-                    hidden = inputs[l][-(stop - start):]
-                    h = hidden if held_h[l] is None else torch.cat([held_h[l], hidden.to(held_h[l].dtype)])
-                    mods = torch.cat([held_mod[l], chunk_mod])
-                    order = torch.cat([held_idx[l], torch.arange(start, stop)])
-                    a = capture.importance[l].float().cpu()
-                    a[:old] = (a[:old] + held_a[l]) / 2
-                    values = cache.layers[l].values[0].transpose(0, 1).reshape(len(order), -1).float().cpu()
+                for li in range(layers):
+                    old = held_mod[li].shape[0]
+                    hidden = inputs[li][-(stop - start):]
+                    h = hidden if held_h[li] is None else torch.cat([held_h[li], hidden.to(held_h[li].dtype)])
+                    mods = torch.cat([held_mod[li], chunk_mod])
+                    order = torch.cat([held_idx[li], torch.arange(start, stop)])
+                    a = capture.importance[li].float().cpu()
+                    a[:old] = (a[:old] + held_a[li]) / 2
+                    values = cache.layers[li].values[0].transpose(0, 1).reshape(len(order), -1).float().cpu()
                     entries = Entries(hidden=h, attention=a, order=order, modality=mods,
                                       positions=memory_positions[:, order], values=values)
-                    keep = select_with_budget(self.score(entries), mods, self.budgets[l])
-                    dev_keep = keep.to(cache.layers[l].keys.device)
-                    cache.layers[l].keys = cache.layers[l].keys.index_select(-2, dev_keep)
-                    cache.layers[l].values = cache.layers[l].values.index_select(-2, dev_keep)
-                    held_h[l], held_mod[l], held_a[l] = h[dev_keep.to(h.device)], mods[keep], a[keep]
-                    held_idx[l] = order[keep]
+                    keep = select_with_budget(self.score(entries), mods, self.budgets[li])
+                    dev_keep = keep.to(cache.layers[li].keys.device)
+                    cache.layers[li].keys = cache.layers[li].keys.index_select(-2, dev_keep)
+                    cache.layers[li].values = cache.layers[li].values.index_select(-2, dev_keep)
+                    held_h[li], held_mod[li], held_a[li] = h[dev_keep.to(h.device)], mods[keep], a[keep]
+                    held_idx[li] = order[keep]
             for layer in decoder:
                 layer.self_attn.avmem_capture = None
             logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)

@@ -105,8 +105,8 @@ class PromptDependentReader:
             for start in range(0, length, self.chunk_tokens):
                 stop = min(start + self.chunk_tokens, length)
                 sel = selectable[start:stop]
-                before = [cache.layers[l].keys.shape[-2] if l < len(cache.layers) and cache.layers[l].is_initialized
-                          else 0 for l in range(layers)]
+                before = [cache.layers[li].keys.shape[-2] if li < len(cache.layers) and cache.layers[li].is_initialized
+                          else 0 for li in range(layers)]
                 embeds = torch.cat([memory[start:stop], prompt])
                 positions = torch.cat([memory_positions[:, start:stop], prompt_positions], dim=1)
                 mask = ds = None
@@ -118,16 +118,16 @@ class PromptDependentReader:
                 backbone.forward_embeds(embeds, positions, cache, mask, ds)
                 quota = round(int(sel.sum()) * self.read_tokens / n_sel * (layers if self.joint else 1))
                 candidates = torch.nonzero(sel).flatten()
-                scores = [self._pooled(capture.importance[l][before[l]:before[l] + (stop - start)])[candidates]
-                          for l in range(layers)]
+                scores = [self._pooled(capture.importance[li][before[li]:before[li] + (stop - start)])[candidates]
+                          for li in range(layers)]
                 chosen = (joint_topk(scores, quota) if self.joint else per_layer_topk(scores, quota))
                 text = torch.nonzero(~sel).flatten()
-                for l in range(layers):
-                    rows = torch.sort(torch.cat([text, candidates[chosen[l]]])).values
-                    keep = torch.cat([torch.arange(before[l]), before[l] + rows]).to(cache.layers[l].keys.device)
-                    cache.layers[l].keys = cache.layers[l].keys.index_select(-2, keep)
-                    cache.layers[l].values = cache.layers[l].values.index_select(-2, keep)
-                    kept[l] += len(chosen[l])
+                for li in range(layers):
+                    rows = torch.sort(torch.cat([text, candidates[chosen[li]]])).values
+                    keep = torch.cat([torch.arange(before[li]), before[li] + rows]).to(cache.layers[li].keys.device)
+                    cache.layers[li].keys = cache.layers[li].keys.index_select(-2, keep)
+                    cache.layers[li].values = cache.layers[li].values.index_select(-2, keep)
+                    kept[li] += len(chosen[li])
             for module in modules:
                 module.avmem_capture = None
             logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)

@@ -3,11 +3,11 @@
 The released code that produced its signal files is not public; its field names say what they are and
 we measure exactly that, chunk by chunk over a memory (the full memory is kept, nothing is pruned):
 
-* ``entropy_all[l]``: entropy of each chunk query's attention over all keys (per head, then averaged
+* ``entropy_all[li]``: entropy of each chunk query's attention over all keys (per head, then averaged
   over heads and queries);
-* ``entropy_audio[l]`` / ``entropy_visual[l]``: the same with the attention restricted to audio / visual
+* ``entropy_audio[li]`` / ``entropy_visual[li]``: the same with the attention restricted to audio / visual
   keys and renormalised;
-* ``cos_audio[l]`` / ``cos_visual[l]``: mean cosine similarity of consecutive tokens of that modality in
+* ``cos_audio[li]`` / ``cos_visual[li]``: mean cosine similarity of consecutive tokens of that modality in
   the layer-input hidden states.
 """
 
@@ -122,15 +122,15 @@ def measure_signals(backbone, memory: Tensor, positions: Tensor, modality: Tenso
             capture.counts.clear()
             backbone.forward_embeds(memory[start:stop], positions[:, start:stop], cache, mask, ds)
             mods = modality[start:stop]
-            for l in range(layers):
-                totals.entropy_sum[l] += capture.sums[l]
-                totals.entropy_count[l] += capture.counts[l]
-                hidden = F.normalize(inputs[l].float().cpu(), dim=-1)
+            for li in range(layers):
+                totals.entropy_sum[li] += capture.sums[li]
+                totals.entropy_count[li] += capture.counts[li]
+                hidden = F.normalize(inputs[li].float().cpu(), dim=-1)
                 for slot, kind in ((0, AUDIO), (1, VISUAL)):
                     rows = hidden[mods == kind]
                     if rows.shape[0] > 1:
-                        totals.cos_sum[l][slot] += (rows[1:] * rows[:-1]).sum(-1).sum().double()
-                        totals.cos_count[l][slot] += rows.shape[0] - 1
+                        totals.cos_sum[li][slot] += (rows[1:] * rows[:-1]).sum(-1).sum().double()
+                        totals.cos_count[li][slot] += rows.shape[0] - 1
     finally:
         for hook in hooks:
             hook.remove()
