@@ -294,9 +294,13 @@ def stream(
     lock = threading.Lock()
     failure: list[BaseException] = []
 
+    stop = threading.Event()
+
     def watch() -> None:
         try:
             for item in source:
+                if stop.is_set():
+                    break
                 with lock:
                     if isinstance(item, VideoFrame):
                         session.feed(frames=item.image, t=item.t)
@@ -315,7 +319,8 @@ def stream(
             questions.put(line)
         questions.put(None)
 
-    threading.Thread(target=watch, daemon=True).start()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     threading.Thread(target=read_questions, daemon=True).start()
     print("watching; type a question and press Enter (Ctrl-D to stop)", file=sys.stderr)
     while not failure:
@@ -335,7 +340,9 @@ def stream(
             st = session.stats()
         print(f"A: {answer}   [{st.seconds:.0f} s watched, {st.video_tokens_held} video + {st.audio_tokens_held} "
               f"audio tokens, {st.drops} dropped]", flush=True)
+    stop.set()
     source.close()
+    watcher.join(timeout=60)  # leave no thread inside native decoding/inference code at interpreter exit
     if failure:
         if isinstance(failure[0], ValueError):
             raise ValueError(str(failure[0]).splitlines()[0])

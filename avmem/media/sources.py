@@ -291,11 +291,14 @@ class LiveSource(MediaSource):
                 raise
         self._started = False
         self._stop = threading.Event()
+        self._queue: _StepQueue | None = None
 
     def close(self) -> None:
-        """Close an unused source, or stop the decoding thread of one being iterated."""
+        """Close an unused source, or stop the decoding thread of one being iterated (and wake its consumer)."""
         if self._started:
             self._stop.set()
+            if self._queue is not None:
+                self._queue.finish()
         else:
             self._container.close()
 
@@ -304,7 +307,7 @@ class LiveSource(MediaSource):
             raise RuntimeError(f"{self.name}: a LiveSource can be iterated only once")
         self._started = True
         self.stats = SourceStats()
-        queue = _StepQueue(self.queue_size)
+        queue = self._queue = _StepQueue(self.queue_size)
         stop = self._stop
         worker = threading.Thread(target=self._run, args=(queue, stop), name="avmem-live-decode", daemon=True)
         worker.start()
