@@ -35,7 +35,7 @@ NO_TTT_OPT = typer.Option(False, "--no-ttt", help="Bypass the TTT memory layer."
 CG_ITERS_OPT = typer.Option(None, help="CG iterations of the TTT update (release default 0; paper: 3).")
 VIDEO_POLICY_OPT = typer.Option("discard", help="Video memory: discard (paper), discard-prev (released), merge.")
 AUDIO_POLICY_OPT = typer.Option("merge", help="Audio memory: merge (released), discard, discard-prev.")
-READER_OPT = typer.Option("full", help="Reading: full, pd, snapkv, omnimem, recent, similarity, infinipot.")
+READER_OPT = typer.Option("full", help="Reading: full, pd, snapkv, omnimem, recent, similarity, infinipot, rekv.")
 READ_TOKENS_OPT = typer.Option(16384, help="pd: audio/visual KV entries kept per layer on average.")
 READ_CHUNK_OPT = typer.Option(16384, help="pd: memory tokens prefilled per chunk.")
 READ_PER_LAYER_OPT = typer.Option(False, "--read-per-layer", help="pd: rank per layer (released) instead of jointly.")

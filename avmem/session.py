@@ -42,7 +42,7 @@ AUDIO_RATE = 16000
 AUDIO_TOKENS_PER_SECOND = 2
 VISION_BATCH_PATCHES = 4
 KV_POLICIES = {"omnimem", "recent", "similarity", "infinipot"}
-READERS = ("full", "pd", "snapkv", "omnimem", "recent", "similarity", "infinipot")
+READERS = ("full", "pd", "snapkv", "omnimem", "recent", "similarity", "infinipot", "rekv")
 POLICIES: dict[str, type[CompressionPolicy]] = {
     "discard": NextSimilarityDiscard,
     "discard-prev": PreviousSimilarityDiscard,
@@ -75,6 +75,9 @@ class SessionSettings:
             max-pooling over 7 neighbours), or the KV baselines under the same budgets as "omnimem":
             "recent" (StreamingVLM: attention sinks + the most recent entries), "similarity" (MovieChat-style
             similarity discard), "infinipot" (InfiniPot-V-style temporal novelty + value norm).
+        block_tokens: retrieval block of ``reader="rekv"`` (ReKV-style: the memory's full KV is kept
+            between questions and each layer answers from the ``read_tokens // block_tokens`` blocks the
+            question attends to most).
         incremental: with ``reader="full"``, keep the memory's KV cache between questions so a question
             costs a prefill of the question and of what was added since (see :class:`KVReuse`).
     """
@@ -98,6 +101,7 @@ class SessionSettings:
     budget_file: str | None = None
     omni_lambda: float = 0.02
     incremental: bool = False
+    block_tokens: int = 64
 
     def budgets(self, model: AVMemModel):
         """The KV budget schedule: ``budget_file``, or ``read_tokens`` in every layer."""
@@ -115,7 +119,8 @@ class SessionSettings:
         if not (self.min_pixels >= 1 and self.max_pixels >= self.min_pixels and self.max_pixels <= 4096 * 4096):
             raise ValueError(f"pixel budget must satisfy 1 <= min_pixels <= max_pixels <= 4096^2, "
                              f"got {self.min_pixels}, {self.max_pixels}")
-        for name in ("video_tokens", "audio_tokens", "chunk_frames", "max_new_tokens", "read_tokens", "read_chunk"):
+        for name in ("video_tokens", "audio_tokens", "chunk_frames", "max_new_tokens", "read_tokens", "read_chunk",
+                     "block_tokens"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.chunk_frames % 2:
@@ -478,7 +483,16 @@ class StreamSession:
                                  vis, deepstack)
             out = bb.decode(result.cache, result.logits, result.next_position, limit)
             self._last_read = result.kept
-        elif settings.incremental:
+        elif settings.reader == "rekv" and int(selectable.sum()) > settings.read_tokens:
+            from .memory.kv.reader import BlockRetrievalReader
+
+            full = self._memory_cache(embeds[:cut], positions[:, :cut], visual_mask[:cut], deepstack)
+            reader = BlockRetrievalReader(settings.block_tokens, settings.read_tokens)
+            result = reader.read(bb, full, selectable[:cut], embeds[cut:], positions[:, cut:],
+                                 int(positions.max()) + 1)
+            out = bb.decode(result.cache, result.logits, result.next_position, limit)
+            self._last_read = result.kept
+        elif settings.incremental or settings.reader == "rekv":
             cache = self._memory_cache(embeds[:cut], positions[:, :cut], visual_mask[:cut], deepstack)
             logits = bb.forward_embeds(embeds[cut:], positions[:, cut:], cache, None, None)
             out = bb.decode(cache, logits, int(positions.max()) + 1, limit)
@@ -514,9 +528,9 @@ class StreamSession:
           keys/values were computed while the dropped rows were still there.
         * ``recomputed``: rows changed content (e.g. merged audio) or were added in the middle.
         """
-        import copy
-
         from transformers import DynamicCache
+
+        from .memory.kv.reader import copy_cache
 
         bb = self.model.backbone
         vis_rows = torch.cumsum(visual_mask.long(), 0) - 1
@@ -530,7 +544,7 @@ class StreamSession:
             kept_old = [matched[i][1] for i in kept_new]
             prefix = len(kept_new) == kept_new[-1] + 1 if kept_new else False
             if prefix and kept_old == sorted(kept_old):
-                cache = copy.deepcopy(old.cache)
+                cache = copy_cache(old.cache)
                 if len(kept_old) < old.positions.shape[1]:
                     rows = torch.tensor(kept_old)
                     for layer in cache.layers:
@@ -548,7 +562,7 @@ class StreamSession:
                 mask = visual_mask[start:]
                 ds = deepstack[:, vis_rows[start:][mask]]
             bb.forward_embeds(embeds[start:], positions[:, start:], cache, mask, ds)
-        self._kv = KVReuse(positions=positions.clone(), embeds=embeds.clone(), cache=copy.deepcopy(cache))
+        self._kv = KVReuse(positions=positions.clone(), embeds=embeds.clone(), cache=copy_cache(cache))
         self._kv_mode = mode
         return cache
 

@@ -334,3 +334,23 @@ def test_similarity_discard_drops_duplicates_first(tiny):
     result = SimilarityDiscardPolicy(BudgetSchedule.uniform(layers, (48, n_visual - 1)), 48).read(
         tiny.backbone, memory, positions, modality, prompt, prompt_positions)
     assert int(visual[5]) not in result.entries[0].tolist()  # layer 0 sees the embeddings themselves
+
+
+def test_block_retrieval_reader(tiny):
+    from transformers import DynamicCache
+
+    from avmem.memory.kv.reader import BlockRetrievalReader
+
+    memory, positions, selectable, prompt, prompt_positions = memory_case(tiny, n=64)
+    bb = tiny.backbone
+    cache = DynamicCache(config=bb.model.config.text_config)
+    bb.forward_embeds(memory, positions, cache, None, None)
+    full = bb.forward_embeds(torch.cat([memory, prompt]), torch.cat([positions, prompt_positions], 1),
+                             DynamicCache(config=bb.model.config.text_config), None, None)
+    everything = BlockRetrievalReader(8, 64).read(bb, cache, selectable, prompt, prompt_positions, 64 + 6)
+    torch.testing.assert_close(everything.logits, full, rtol=1e-4, atol=1e-4)  # all blocks retrieved
+    few = BlockRetrievalReader(8, 16).read(bb, cache, selectable, prompt, prompt_positions, 64 + 6)
+    n_text = int((~selectable).sum())
+    for li, layer in enumerate(few.cache.layers):
+        assert few.kept[li] == 16 and layer.keys.shape[-2] == n_text + 16 + prompt.shape[0]
+    assert cache.layers[0].keys.shape[-2] == 64  # the full cache is left untouched for the next question

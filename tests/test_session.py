@@ -260,6 +260,10 @@ def test_omnimem_reader_in_a_session(model, tmp_path):
         StreamSession(model, reader="pd", budget_file=str(wide))
     for name in ("similarity", "infinipot"):
         assert isinstance(session(reader=name, read_tokens=8, read_chunk=16).ask("Why?"), str)
+    rekv = session(reader="rekv", read_tokens=16, block_tokens=8)
+    assert isinstance(rekv.ask("Why?"), str)
+    assert all(8 < n <= 16 for n in rekv.stats().read_per_layer)  # two whole blocks (the last may be short)
+    assert isinstance(rekv.ask("Again?"), str) and rekv.stats().kv_reuse == "exact"  # full KV kept
     recent = session(reader="recent", read_tokens=8, read_chunk=16)
     assert isinstance(recent.ask("Why?"), str)
     assert recent.stats().read_per_layer == [8] * layers  # audio/visual KV entries held per layer

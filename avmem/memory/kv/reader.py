@@ -136,3 +136,82 @@ class PromptDependentReader:
                 module.avmem_capture = None
         next_position = int(torch.cat([memory_positions, prompt_positions], dim=1).max()) + 1
         return ReadResult(cache=cache, logits=logits, next_position=next_position, kept=kept)
+
+
+def copy_cache(cache: DynamicCache) -> DynamicCache:
+    """An independent copy of ``cache`` (detached tensors)."""
+    import copy
+
+    memo = {}
+    for layer in cache.layers:
+        for t in (layer.keys, layer.values):
+            if isinstance(t, Tensor):
+                memo[id(t)] = t.detach().clone()
+    return copy.deepcopy(cache, memo)
+
+
+class BlockRetrievalReader:
+    """ReKV-style retrieval: the memory's full KV cache is kept (on the host with ``offload``), the question
+    scores blocks of ``block_tokens`` memory entries by the mean attention its tokens pay them (eq. 9 per
+    layer), and each layer answers from its ``read_tokens // block_tokens`` best blocks plus every text entry.
+
+    Args:
+        block_tokens: entries per retrieval block.
+        read_tokens: audio/visual entries per layer to retrieve (whole blocks).
+        offload: keep the full cache in host memory between questions (moved to the device per question).
+    """
+
+    def __init__(self, block_tokens: int, read_tokens: int, offload: bool = True) -> None:
+        for name, value in (("block_tokens", block_tokens), ("read_tokens", read_tokens)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.block_tokens, self.read_tokens, self.offload = block_tokens, read_tokens, offload
+
+    @torch.no_grad()
+    def read(self, backbone, full_cache: DynamicCache, selectable: Tensor, prompt: Tensor,
+             prompt_positions: Tensor, next_position: int) -> ReadResult:
+        """Answer-ready cache from ``full_cache`` (the whole memory's KV, rows in memory order).
+
+        ``selectable`` [L] marks audio/visual rows; the cache returned holds the retrieved rows and the prompt.
+        """
+        model = backbone.model
+        layers = model.config.text_config.num_hidden_layers
+        length = selectable.shape[0]
+        if any(layer.keys.shape[-2] != length for layer in full_cache.layers):
+            raise ValueError("the cache does not cover the memory rows")
+        device = backbone.device
+        probe = copy_cache(full_cache)
+        if self.offload:
+            for layer in probe.layers:
+                layer.keys, layer.values = layer.keys.to(device), layer.values.to(device)
+        capture = Capture(rows=prompt.shape[0], block=4096)
+        modules = [layer.self_attn for layer in model.model.language_model.layers]
+        for module in modules:
+            module.avmem_capture = capture
+        try:
+            backbone.forward_embeds(prompt, prompt_positions, probe, None, None)
+        finally:
+            for module in modules:
+                module.avmem_capture = None
+        del probe
+        sel_rows = torch.nonzero(selectable).flatten()
+        text_rows = torch.nonzero(~selectable).flatten()
+        n_blocks = -(-len(sel_rows) // self.block_tokens)
+        take = min(n_blocks, max(1, self.read_tokens // self.block_tokens))
+        cache = copy_cache(full_cache)
+        kept = []
+        for li in range(layers):
+            imp = capture.importance[li][:length][sel_rows].float()
+            pad = n_blocks * self.block_tokens - len(imp)
+            block_score = torch.nn.functional.pad(imp, (0, pad)).view(n_blocks, self.block_tokens).sum(-1)
+            block_score = block_score / torch.tensor([min(self.block_tokens, len(imp) - b * self.block_tokens)
+                                                      for b in range(n_blocks)], dtype=torch.float32)
+            best = torch.topk(block_score, take).indices
+            rows = torch.cat([sel_rows[b * self.block_tokens:(b + 1) * self.block_tokens] for b in best.tolist()])
+            keep = torch.sort(torch.cat([text_rows, rows])).values
+            layer = cache.layers[li]
+            layer.keys = layer.keys.index_select(-2, keep.to(layer.keys.device)).to(device)
+            layer.values = layer.values.index_select(-2, keep.to(layer.values.device)).to(device)
+            kept.append(len(rows))
+        logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)
+        return ReadResult(cache=cache, logits=logits, next_position=next_position, kept=kept)
