@@ -530,10 +530,10 @@ class StreamSession:
         """
         from transformers import DynamicCache
 
-        from .memory.kv.reader import copy_cache
+        from .backbones.qwen import deepstack_slice
+        from .memory.kv.reader import copy_cache, keep_rows
 
         bb = self.model.backbone
-        vis_rows = torch.cumsum(visual_mask.long(), 0) - 1
         old = self._kv
         cache, start, mode = None, 0, "recomputed"
         if old is not None:
@@ -546,10 +546,8 @@ class StreamSession:
             if prefix and kept_old == sorted(kept_old):
                 cache = copy_cache(old.cache)
                 if len(kept_old) < old.positions.shape[1]:
-                    rows = torch.tensor(kept_old)
                     for layer in cache.layers:
-                        layer.keys = layer.keys.index_select(-2, rows.to(layer.keys.device))
-                        layer.values = layer.values.index_select(-2, rows.to(layer.values.device))
+                        keep_rows(layer, torch.tensor(kept_old))
                     mode = "approximate"
                 else:
                     mode = "exact"
@@ -557,10 +555,7 @@ class StreamSession:
         if cache is None:
             cache = DynamicCache(config=bb.model.config.text_config)
         if start < embeds.shape[0]:
-            mask = ds = None
-            if deepstack is not None:
-                mask = visual_mask[start:]
-                ds = deepstack[:, vis_rows[start:][mask]]
+            mask, ds = deepstack_slice(visual_mask, deepstack, start)
             bb.forward_embeds(embeds[start:], positions[:, start:], cache, mask, ds)
         self._kv = KVReuse(positions=positions.clone(), embeds=embeds.clone(), cache=copy_cache(cache))
         self._kv_mode = mode

@@ -9,6 +9,8 @@ every key (seed 001 eq. 9) from the last rows of the queries, computed over key 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -71,3 +73,27 @@ def avmem_attention(module, query: Tensor, key: Tensor, value: Tensor, attention
 
 AttentionInterface.register(NAME, avmem_attention)
 AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+@contextmanager
+def capturing(model, capture: Capture | ChunkCapture | object | None,
+              layer_inputs: dict[int, Tensor] | None = None) -> Iterator[None]:
+    """Within the block, every attention layer of ``model``'s LLM reports to ``capture`` (if given) and, with
+    ``layer_inputs``, each decoder layer's input hidden states [rows, D] are stored there by layer index."""
+    decoder = model.model.language_model.layers
+
+    def grab(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        layer_inputs[module.self_attn.layer_idx] = hidden[0].detach()
+
+    hooks = [layer.register_forward_pre_hook(grab, with_kwargs=True) for layer in decoder] \
+        if layer_inputs is not None else []
+    for layer in decoder:
+        layer.self_attn.avmem_capture = capture
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for layer in decoder:
+            layer.self_attn.avmem_capture = None

@@ -101,6 +101,19 @@ def fit_to_factor(frames: np.ndarray, factor: int) -> np.ndarray:
     return frames if (nh, nw) == (h, w) else resize_frames(frames, (nh, nw))
 
 
+def deepstack_slice(visual_mask: Tensor | None, deepstack: Tensor | None, start: int,
+                    stop: int | None = None) -> tuple[Tensor | None, Tensor | None]:
+    """Visual mask and DeepStack rows [k, n, D] of the input rows [start, stop) (None, None without DeepStack).
+
+    ``deepstack`` holds one row per True entry of the whole ``visual_mask``, in order.
+    """
+    if deepstack is None:
+        return None, None
+    rows = torch.cumsum(visual_mask.long(), 0) - 1
+    mask = visual_mask[start:stop]
+    return mask, deepstack[:, rows[start:stop][mask]]
+
+
 class QwenVLBackbone:
     """Common part of the two Qwen adapters. Use :meth:`from_pretrained` or a subclass constructor."""
 

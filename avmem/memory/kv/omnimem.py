@@ -24,9 +24,10 @@ from transformers import DynamicCache
 
 from dataclasses import dataclass
 
-from ...backbones.attention import ChunkCapture
+from ...backbones.attention import ChunkCapture, capturing
+from ...backbones.qwen import deepstack_slice
 from .budgets import BudgetSchedule
-from .reader import ReadResult
+from .reader import ReadResult, keep_rows
 from .selection import AUDIO, VISUAL, omnimem_score, redundancy, select_with_budget
 
 
@@ -84,30 +85,17 @@ class ChunkedKVPolicy:
         length = memory.shape[0]
         if memory_positions.shape != (3, length) or modality.shape != (length,):
             raise ValueError("memory, positions and modality do not match")
-        decoder = model.model.language_model.layers
         capture = ChunkCapture()
         inputs: dict[int, Tensor] = {}
-
-        def grab(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            inputs[module.self_attn.layer_idx] = hidden[0].detach()
-
-        hooks = [layer.register_forward_pre_hook(grab, with_kwargs=True) for layer in decoder]
-        for layer in decoder:
-            layer.self_attn.avmem_capture = capture
         cache = DynamicCache(config=model.config.text_config)
         held_h: list[Tensor | None] = [None] * layers
         held_mod: list[Tensor] = [modality.new_zeros(0)] * layers
         held_a: list[Tensor] = [torch.zeros(0)] * layers
         held_idx: list[Tensor] = [torch.zeros(0, dtype=torch.long)] * layers
-        visual_rows = torch.cumsum(visual_mask.long(), 0) - 1 if visual_mask is not None else None
-        try:
+        with capturing(model, capture, inputs):
             for start in range(0, length, self.chunk_tokens):
                 stop = min(start + self.chunk_tokens, length)
-                mask = ds = None
-                if deepstack is not None:
-                    mask = visual_mask[start:stop]
-                    ds = deepstack[:, visual_rows[start:stop][mask]]
+                mask, ds = deepstack_slice(visual_mask, deepstack, start, stop)
                 capture.importance.clear()
                 backbone.forward_embeds(memory[start:stop], memory_positions[:, start:stop], cache, mask, ds)
                 chunk_mod = modality[start:stop]
@@ -123,19 +111,10 @@ class ChunkedKVPolicy:
                     entries = Entries(hidden=h, attention=a, order=order, modality=mods,
                                       positions=memory_positions[:, order], values=values)
                     keep = select_with_budget(self.score(entries), mods, self.budgets[li])
-                    dev_keep = keep.to(cache.layers[li].keys.device)
-                    cache.layers[li].keys = cache.layers[li].keys.index_select(-2, dev_keep)
-                    cache.layers[li].values = cache.layers[li].values.index_select(-2, dev_keep)
-                    held_h[li], held_mod[li], held_a[li] = h[dev_keep.to(h.device)], mods[keep], a[keep]
+                    keep_rows(cache.layers[li], keep)
+                    held_h[li], held_mod[li], held_a[li] = h[keep.to(h.device)], mods[keep], a[keep]
                     held_idx[li] = order[keep]
-            for layer in decoder:
-                layer.self_attn.avmem_capture = None
-            logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)
-        finally:
-            for hook in hooks:
-                hook.remove()
-            for layer in decoder:
-                layer.self_attn.avmem_capture = None
+        logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)
         kept = [int(((m == AUDIO) | (m == VISUAL)).sum()) for m in held_mod]
         next_position = int(torch.cat([memory_positions, prompt_positions], dim=1).max()) + 1
         return ReadResult(cache=cache, logits=logits, next_position=next_position, kept=kept,

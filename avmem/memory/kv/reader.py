@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from ...backbones.attention import Capture
+from ...backbones.attention import Capture, capturing
+from ...backbones.qwen import deepstack_slice
 from .selection import joint_topk, per_layer_topk
 
 
@@ -95,13 +96,9 @@ class PromptDependentReader:
         model = backbone.model
         layers = model.config.text_config.num_hidden_layers
         capture = Capture(rows=prompt.shape[0], block=self.block)
-        modules = [layer.self_attn for layer in model.model.language_model.layers]
-        for module in modules:
-            module.avmem_capture = capture
         cache = DynamicCache(config=model.config.text_config)
         kept = [0] * layers
-        visual_rows = torch.cumsum(visual_mask.long(), 0) - 1 if visual_mask is not None else None
-        try:
+        with capturing(model, capture):
             for start in range(0, length, self.chunk_tokens):
                 stop = min(start + self.chunk_tokens, length)
                 sel = selectable[start:stop]
@@ -109,11 +106,9 @@ class PromptDependentReader:
                           else 0 for li in range(layers)]
                 embeds = torch.cat([memory[start:stop], prompt])
                 positions = torch.cat([memory_positions[:, start:stop], prompt_positions], dim=1)
-                mask = ds = None
-                if deepstack is not None:
-                    chunk_vis = visual_mask[start:stop]
-                    mask = torch.cat([chunk_vis, torch.zeros(prompt.shape[0], dtype=torch.bool)])
-                    ds = deepstack[:, visual_rows[start:stop][chunk_vis]]
+                mask, ds = deepstack_slice(visual_mask, deepstack, start, stop)
+                if mask is not None:
+                    mask = torch.cat([mask, torch.zeros(prompt.shape[0], dtype=torch.bool)])
                 capture.importance.clear()
                 backbone.forward_embeds(embeds, positions, cache, mask, ds)
                 quota = round(int(sel.sum()) * self.read_tokens / n_sel * (layers if self.joint else 1))
@@ -124,18 +119,18 @@ class PromptDependentReader:
                 text = torch.nonzero(~sel).flatten()
                 for li in range(layers):
                     rows = torch.sort(torch.cat([text, candidates[chosen[li]]])).values
-                    keep = torch.cat([torch.arange(before[li]), before[li] + rows]).to(cache.layers[li].keys.device)
-                    cache.layers[li].keys = cache.layers[li].keys.index_select(-2, keep)
-                    cache.layers[li].values = cache.layers[li].values.index_select(-2, keep)
+                    keep_rows(cache.layers[li], torch.cat([torch.arange(before[li]), before[li] + rows]))
                     kept[li] += len(chosen[li])
-            for module in modules:
-                module.avmem_capture = None
-            logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)
-        finally:
-            for module in modules:
-                module.avmem_capture = None
+        logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)
         next_position = int(torch.cat([memory_positions, prompt_positions], dim=1).max()) + 1
         return ReadResult(cache=cache, logits=logits, next_position=next_position, kept=kept)
+
+
+def keep_rows(layer, rows: Tensor, device: torch.device | None = None) -> None:
+    """Keep only entries ``rows`` (indices into the sequence axis) of one cache layer, optionally moving them."""
+    rows = rows.to(layer.keys.device)
+    layer.keys = layer.keys.index_select(-2, rows).to(device or layer.keys.device)
+    layer.values = layer.values.index_select(-2, rows).to(device or layer.values.device)
 
 
 def copy_cache(cache: DynamicCache) -> DynamicCache:
@@ -185,14 +180,8 @@ class BlockRetrievalReader:
             for layer in probe.layers:
                 layer.keys, layer.values = layer.keys.to(device), layer.values.to(device)
         capture = Capture(rows=prompt.shape[0], block=4096)
-        modules = [layer.self_attn for layer in model.model.language_model.layers]
-        for module in modules:
-            module.avmem_capture = capture
-        try:
+        with capturing(model, capture):
             backbone.forward_embeds(prompt, prompt_positions, probe, None, None)
-        finally:
-            for module in modules:
-                module.avmem_capture = None
         del probe
         sel_rows = torch.nonzero(selectable).flatten()
         text_rows = torch.nonzero(~selectable).flatten()
@@ -208,10 +197,7 @@ class BlockRetrievalReader:
                                                       for b in range(n_blocks)], dtype=torch.float32)
             best = torch.topk(block_score, take).indices
             rows = torch.cat([sel_rows[b * self.block_tokens:(b + 1) * self.block_tokens] for b in best.tolist()])
-            keep = torch.sort(torch.cat([text_rows, rows])).values
-            layer = cache.layers[li]
-            layer.keys = layer.keys.index_select(-2, keep.to(layer.keys.device)).to(device)
-            layer.values = layer.values.index_select(-2, keep.to(layer.values.device)).to(device)
+            keep_rows(cache.layers[li], torch.sort(torch.cat([text_rows, rows])).values, device)
             kept.append(len(rows))
         logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)
         return ReadResult(cache=cache, logits=logits, next_position=next_position, kept=kept)

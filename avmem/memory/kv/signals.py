@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import DynamicCache
 
+from ...backbones.attention import capturing
+from ...backbones.qwen import deepstack_slice
 from .budgets import LayerSignals
 from .selection import AUDIO, VISUAL
 
@@ -98,26 +100,13 @@ def measure_signals(backbone, memory: Tensor, positions: Tensor, modality: Tenso
     model = backbone.model
     layers = model.config.text_config.num_hidden_layers
     totals = totals or SignalTotals.empty(layers)
-    decoder = model.model.language_model.layers
     capture = _SignalCapture(modality=modality)
     inputs: dict[int, Tensor] = {}
-
-    def grab(module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        inputs[module.self_attn.layer_idx] = hidden[0].detach()
-
-    hooks = [layer.register_forward_pre_hook(grab, with_kwargs=True) for layer in decoder]
-    for layer in decoder:
-        layer.self_attn.avmem_capture = capture
     cache = DynamicCache(config=model.config.text_config)
-    vis_rows = torch.cumsum(visual_mask.long(), 0) - 1 if visual_mask is not None else None
-    try:
+    with capturing(model, capture, inputs):
         for start in range(0, memory.shape[0], chunk_tokens):
             stop = min(start + chunk_tokens, memory.shape[0])
-            mask = ds = None
-            if deepstack is not None:
-                mask = visual_mask[start:stop]
-                ds = deepstack[:, vis_rows[start:stop][mask]]
+            mask, ds = deepstack_slice(visual_mask, deepstack, start, stop)
             capture.sums.clear()
             capture.counts.clear()
             backbone.forward_embeds(memory[start:stop], positions[:, start:stop], cache, mask, ds)
@@ -131,9 +120,4 @@ def measure_signals(backbone, memory: Tensor, positions: Tensor, modality: Tenso
                     if rows.shape[0] > 1:
                         totals.cos_sum[li][slot] += (rows[1:] * rows[:-1]).sum(-1).sum().double()
                         totals.cos_count[li][slot] += rows.shape[0] - 1
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for layer in decoder:
-            layer.self_attn.avmem_capture = None
     return totals
