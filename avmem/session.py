@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .backbones.qwen import deepstack_slice, resize_frames
+from .media import smart_resize
 from .memory.bank import (
     BankState,
     CompressionPolicy,
@@ -333,9 +335,6 @@ class StreamSession:
 
     def _fit_budget(self, frame: np.ndarray) -> np.ndarray:
         """Resize to the session's pixel budget (the backbone processor's smart_resize), if needed."""
-        from .backbones.qwen import resize_frames
-        from .media import smart_resize
-
         s = self.settings
         h, w = frame.shape[:2]
         try:
@@ -530,7 +529,6 @@ class StreamSession:
         """
         from transformers import DynamicCache
 
-        from .backbones.qwen import deepstack_slice
         from .memory.kv.reader import copy_cache, keep_rows
 
         bb = self.model.backbone
