@@ -43,8 +43,8 @@ SESSION_FORMAT = "avmem-session/1"
 AUDIO_RATE = 16000
 AUDIO_TOKENS_PER_SECOND = 2
 VISION_BATCH_PATCHES = 4
-KV_POLICIES = {"omnimem", "recent", "similarity", "infinipot"}
-READERS = ("full", "pd", "snapkv", "omnimem", "recent", "similarity", "infinipot", "rekv")
+KV_POLICIES = {"omnimem", "recent", "similarity", "similarity-merge", "infinipot"}
+READERS = ("full", "pd", "snapkv", "omnimem", "recent", "similarity", "similarity-merge", "infinipot", "rekv")
 POLICIES: dict[str, type[CompressionPolicy]] = {
     "discard": NextSimilarityDiscard,
     "discard-prev": PreviousSimilarityDiscard,
@@ -76,7 +76,8 @@ class SessionSettings:
             ``read_chunk``), "snapkv" (SnapKV-style baseline: per-layer query-attention top-k with
             max-pooling over 7 neighbours), or the KV baselines under the same budgets as "omnimem":
             "recent" (StreamingVLM: attention sinks + the most recent entries), "similarity" (MovieChat-style
-            similarity discard), "infinipot" (InfiniPot-V-style temporal novelty + value norm).
+            similarity discard), "similarity-merge" (MovieChat-style averaging of the most similar adjacent
+            pair), "infinipot" (InfiniPot-V-style temporal novelty + value norm).
         block_tokens: retrieval block of ``reader="rekv"`` (ReKV-style: the memory's full KV is kept
             between questions and each layer answers from the ``read_tokens // block_tokens`` blocks the
             question attends to most).
@@ -476,6 +477,7 @@ class StreamSession:
                 policy = omnimem.OmniMemPolicy(budgets, settings.read_chunk, settings.omni_lambda)
             else:
                 cls = {"recent": omnimem.RecentWindowPolicy, "similarity": omnimem.SimilarityDiscardPolicy,
+                       "similarity-merge": omnimem.SimilarityMergePolicy,
                        "infinipot": omnimem.InfiniPotVPolicy}[settings.reader]
                 policy = cls(budgets, settings.read_chunk)
             result = policy.read(bb, embeds[:cut], positions[:, :cut], modality, embeds[cut:], positions[:, cut:],

@@ -2,7 +2,8 @@
 
 Each reader runs in its own subprocess (peak RSS per run) on the same synthetic memory: ``--memory``
 tokens (audio every 8th selectable token, a text wrapper every 160 tokens) at their layout positions,
-followed by a question; the selective readers keep ``--read`` audio/visual entries per layer.
+followed by a question; the selective readers keep ``--read`` audio/visual entries per layer. ``rekv``
+times only the question (its full memory KV is built while streaming; on CUDA it lives on the host).
 
     python benchmarks/reader.py                               # tiny-qwen3-vl on CPU
     python benchmarks/reader.py --memory 16384 --read 2048 --chunk 4096
@@ -17,7 +18,8 @@ import subprocess
 import sys
 import time
 
-READERS = ["full", "pd", "pd-per-layer", "omnimem", "recent"]
+READERS = ["full", "pd", "pd-per-layer", "snapkv", "omnimem", "recent", "similarity", "similarity-merge", "infinipot",
+           "rekv"]
 
 
 def run_one(args: argparse.Namespace) -> None:
@@ -25,8 +27,8 @@ def run_one(args: argparse.Namespace) -> None:
     from transformers import DynamicCache
 
     from avmem.memory.kv.budgets import BudgetSchedule
-    from avmem.memory.kv.omnimem import OmniMemPolicy, RecentWindowPolicy
-    from avmem.memory.kv.reader import PromptDependentReader
+    from avmem.memory.kv import omnimem
+    from avmem.memory.kv.reader import BlockRetrievalReader, PromptDependentReader
     from avmem.memory.kv.selection import AUDIO, TEXT, VISUAL
     from avmem.model import load_model
     from avmem.runtime import pin_malloc_mmap_threshold
@@ -50,14 +52,32 @@ def run_one(args: argparse.Namespace) -> None:
     if args.reader == "full":
         bb.forward_embeds(torch.cat([memory, prompt]), torch.cat([positions, prompt_pos], 1),
                           DynamicCache(config=bb.model.config.text_config), None, None)
-    elif args.reader.startswith("pd"):
-        reader = PromptDependentReader(args.chunk, args.read, joint=args.reader == "pd")
+    elif args.reader in ("pd", "pd-per-layer", "snapkv"):
+        pool = 7 if args.reader == "snapkv" else 1
+        reader = PromptDependentReader(args.chunk, args.read, joint=args.reader == "pd", pool=pool)
         reader.read(bb, memory, positions, modality != TEXT, prompt, prompt_pos)
+    elif args.reader == "rekv":
+        cache = DynamicCache(config=bb.model.config.text_config)
+        for lo in range(0, n, args.chunk):
+            bb.forward_embeds(memory[lo:lo + args.chunk], positions[:, lo:lo + args.chunk], cache, None, None)
+        offload = bb.device.type == "cuda"
+        if offload:
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys.cpu(), layer.values.cpu()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()  # the memory's KV is built while streaming; a question only retrieves
+        BlockRetrievalReader(64, args.read, offload=offload).read(
+            bb, cache, modality != TEXT, prompt, prompt_pos, n + prompt.shape[0])
     else:
-        cls = OmniMemPolicy if args.reader == "omnimem" else RecentWindowPolicy
+        cls = {"omnimem": omnimem.OmniMemPolicy, "recent": omnimem.RecentWindowPolicy,
+               "similarity": omnimem.SimilarityDiscardPolicy, "similarity-merge": omnimem.SimilarityMergePolicy,
+               "infinipot": omnimem.InfiniPotVPolicy}[args.reader]
         cls(budgets, args.chunk).read(bb, memory, positions, modality, prompt, prompt_pos)
+    if bb.device.type == "cuda":
+        torch.cuda.synchronize()
     ttft = time.perf_counter() - start
-    print(json.dumps({"reader": args.reader, "ttft_s": ttft,
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if bb.device.type == "cuda" else float("nan")
+    print(json.dumps({"reader": args.reader, "ttft_s": ttft, "peak_gpu_mb": gpu,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -84,10 +104,10 @@ def main() -> None:
         rows.append(json.loads(out))
     print(f"{args.model} on {args.device}: memory {args.memory} tokens, keep {args.read} audio/visual entries per "
           f"layer, chunks of {args.chunk}\n")
-    print("| reader | time to first token s | peak RSS MB |")
-    print("|---|---|---|")
+    print("| reader | time to first token s | peak RSS MB | peak GPU MB |")
+    print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['reader']} | {r['ttft_s']:.3f} | {r['peak_rss_mb']:.0f} |")
+        print(f"| {r['reader']} | {r['ttft_s']:.3f} | {r['peak_rss_mb']:.0f} | {r['peak_gpu_mb']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -176,6 +176,19 @@ def test_ask_with_omnimem_budget_file(clip, tmp_path):
     assert bad.exit_code == 2 and "layer 1" in bad.stderr
 
 
+@pytest.mark.parametrize("policy", ["similarity-merge", "recent"])
+def test_ask_with_a_baseline_policy_under_its_budget(clip, policy):
+    result = runner.invoke(app, ["ask", str(clip), "-q", "What?", "--model", "tiny-qwen3-vl", "--memory-tokens", "256",
+                                 "--audio-tokens", "16", "--policy", policy, "--read-tokens", "8", "--read-chunk", "32",
+                                 "--max-new-tokens", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["tokens"]["video_held"] <= 256
+    assert report["read_per_layer"] and all(n == 8 for n in report["read_per_layer"])
+    bad = runner.invoke(app, ["ask", str(clip), "-q", "x", "--model", "tiny-qwen3-vl", "--policy", "moviechat"])
+    assert bad.exit_code == 2 and "reader must be one of" in bad.stderr
+
+
 def test_budgets_compute_and_show(clip, tmp_path):
     out = tmp_path / "budgets.json"
     result = runner.invoke(app, ["budgets", "compute", str(clip), str(clip), "--out", str(out), "--model",

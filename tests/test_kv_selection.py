@@ -301,7 +301,7 @@ def test_snapkv_style_pooling_keeps_neighbours_of_strong_keys(tiny):
         PromptDependentReader(16, 4, pool=4)
 
 
-@pytest.mark.parametrize("name", ["SimilarityDiscardPolicy", "InfiniPotVPolicy"])
+@pytest.mark.parametrize("name", ["SimilarityDiscardPolicy", "SimilarityMergePolicy", "InfiniPotVPolicy"])
 def test_kv_baselines_respect_budgets_and_cover_the_context(tiny, name):
     from transformers import DynamicCache
 
@@ -334,6 +334,64 @@ def test_similarity_discard_drops_duplicates_first(tiny):
     result = SimilarityDiscardPolicy(BudgetSchedule.uniform(layers, (48, n_visual - 1)), 48).read(
         tiny.backbone, memory, positions, modality, prompt, prompt_positions)
     assert int(visual[5]) not in result.entries[0].tolist()  # layer 0 sees the embeddings themselves
+
+
+def _naive_merge(hidden, keys, values, runs, limit):
+    """MovieChat's loop: recompute every adjacent similarity, average the most similar pair, repeat."""
+    hidden, keys, values = hidden.clone().double(), keys.clone().double(), values.clone().double()
+    runs = [list(r) for r in runs]
+    while sum(len(r) for r in runs) > limit:
+        best = None
+        for ri, run in enumerate(runs):
+            for p in range(len(run) - 1):
+                i, j = run[p], run[p + 1]
+                sim = float(torch.nn.functional.cosine_similarity(hidden[i], hidden[j], dim=0))
+                if best is None or sim > best[0]:
+                    best = (sim, ri, p)
+        _, ri, p = best
+        i, j = runs[ri][p], runs[ri].pop(p + 1)
+        for t in (keys, values):
+            t[..., i, :] = (t[..., i, :] + t[..., j, :]) / 2
+        hidden[i] = (hidden[i] + hidden[j]) / 2
+    return sorted(i for r in runs for i in r), keys, values
+
+
+def test_similarity_merge_matches_the_naive_moviechat_loop():
+    from types import SimpleNamespace
+
+    from avmem.memory.kv.omnimem import SimilarityMergePolicy
+
+    g = torch.Generator().manual_seed(3)
+    n = 23
+    hidden = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    hidden[5] = hidden[4] + 0.01  # a near duplicate merges first
+    keys = torch.randn(1, 2, n, 4, generator=g, dtype=torch.float64)
+    values = torch.randn(1, 2, n, 4, generator=g, dtype=torch.float64)
+    runs = [[0, 2, 3, 4, 5, 6, 9, 10, 11, 14], [1, 7, 8, 12, 13, 15, 16, 17, 18, 19, 20, 21, 22]]
+    for limit in (20, 12, 5, 2):
+        layer = SimpleNamespace(keys=keys.clone(), values=values.clone())
+        h = hidden.clone()
+        rows = SimilarityMergePolicy._merge_group(h, layer, runs, limit)
+        want, want_k, want_v = _naive_merge(hidden, keys, values, runs, limit)
+        assert rows.tolist() == want
+        torch.testing.assert_close(layer.keys[..., rows, :], want_k[..., rows, :])
+        torch.testing.assert_close(layer.values[..., rows, :], want_v[..., rows, :])
+    one = SimilarityMergePolicy._merge_group(hidden.clone(), SimpleNamespace(keys=keys.clone(), values=values.clone()),
+                                             runs, 1)
+    assert one.tolist() == [1]  # budget below the modalities present: the run standing for more originals
+
+
+def test_similarity_merge_policy_merges_duplicates(tiny):
+    from avmem.memory.kv.omnimem import SimilarityMergePolicy
+
+    memory, positions, modality, prompt, prompt_positions = omni_case(tiny, n=48)
+    visual = torch.nonzero(modality == VISUAL).flatten()
+    memory[visual[5]] = memory[visual[4]]
+    layers = tiny.backbone.model.config.text_config.num_hidden_layers
+    result = SimilarityMergePolicy(BudgetSchedule.uniform(layers, (48, len(visual) - 1)), 48).read(
+        tiny.backbone, memory, positions, modality, prompt, prompt_positions)
+    assert int(visual[5]) not in result.entries[0].tolist() and int(visual[4]) in result.entries[0].tolist()
+    assert all(int((m == VISUAL).sum()) == len(visual) - 1 for m in result.modality)
 
 
 def test_block_retrieval_reader(tiny):

@@ -258,7 +258,7 @@ def test_omnimem_reader_in_a_session(model, tmp_path):
         StreamSession(model, reader="omnimem", budget_file=str(wrong))
     with pytest.raises(ValueError, match="only applies to readers"):
         StreamSession(model, reader="pd", budget_file=str(wide))
-    for name in ("similarity", "infinipot"):
+    for name in ("similarity", "similarity-merge", "infinipot"):
         assert isinstance(session(reader=name, read_tokens=8, read_chunk=16).ask("Why?"), str)
     rekv = session(reader="rekv", read_tokens=16, block_tokens=8)
     assert isinstance(rekv.ask("Why?"), str)

@@ -14,9 +14,16 @@ Policies (one class each, behind :class:`ChunkedKVPolicy`):
   entry i (averaged with its previous value for older entries).
 * :class:`RecentWindowPolicy` — StreamingVLM-style: the first ``sinks`` entries of each modality
   (attention sinks) and then the most recent ones.
+* :class:`SimilarityDiscardPolicy` / :class:`SimilarityMergePolicy` — MovieChat-style: drop, or average
+  into its neighbour, the entry most similar to its neighbour of the same modality.
+* :class:`InfiniPotVPolicy` — InfiniPot-V-style temporal novelty + value norm.
 """
 
 from __future__ import annotations
+
+import heapq
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -26,9 +33,9 @@ from dataclasses import dataclass
 
 from ...backbones.attention import ChunkCapture, capturing
 from ...backbones.qwen import deepstack_slice
-from .budgets import BudgetSchedule
+from .budgets import BudgetSchedule, LayerBudget
 from .reader import ReadResult, keep_rows
-from .selection import AUDIO, VISUAL, omnimem_score, redundancy, select_with_budget
+from .selection import AUDIO, TEXT, VISUAL, omnimem_score, redundancy, select_with_budget
 
 
 @dataclass
@@ -65,6 +72,14 @@ class ChunkedKVPolicy:
     def score(self, entries: "Entries") -> Tensor:
         """Scores [N] of the entries competing in one layer (higher is kept)."""
         raise NotImplementedError
+
+    def compress(self, entries: "Entries", layer, budget: LayerBudget) -> Tensor:
+        """Rows of one layer kept under ``budget`` (sorted indices into the N entries).
+
+        The default ranks by :meth:`score`; a policy may also rewrite kept rows of the cache ``layer``
+        and of ``entries.hidden`` in place (merging), before the other rows are dropped.
+        """
+        return select_with_budget(self.score(entries), entries.modality, budget)
 
     @torch.no_grad()
     def read(self, backbone, memory: Tensor, memory_positions: Tensor, modality: Tensor, prompt: Tensor,
@@ -110,8 +125,9 @@ class ChunkedKVPolicy:
                     values = cache.layers[li].values[0].transpose(0, 1).reshape(len(order), -1).float().cpu()
                     entries = Entries(hidden=h, attention=a, order=order, modality=mods,
                                       positions=memory_positions[:, order], values=values)
-                    keep = select_with_budget(self.score(entries), mods, self.budgets[li])
+                    keep = self.compress(entries, cache.layers[li], self.budgets[li])
                     keep_rows(cache.layers[li], keep)
+                    h = entries.hidden
                     held_h[li], held_mod[li], held_a[li] = h[keep.to(h.device)], mods[keep], a[keep]
                     held_idx[li] = order[keep]
         logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)
@@ -165,6 +181,97 @@ class SimilarityDiscardPolicy(ChunkedKVPolicy):
                 score[rows[1:]] = -(unit[rows[1:]] * unit[rows[:-1]]).sum(-1).double()
                 score[rows[0]] = float("inf")
         return score
+
+
+class SimilarityMergePolicy(ChunkedKVPolicy):
+    """MovieChat-style merging on the KV cache: while a layer holds more entries than its budget, the most
+    similar adjacent pair of the same modality (cosine of the layer-input hidden states, consecutive entries
+    of that modality in sequence order) is replaced by its mean: keys, values and hidden state of the pair
+    averaged into the earlier entry (which keeps its position), the later entry dropped. A merged entry may
+    merge again (plain pairwise mean, as MovieChat). With an int budget audio and visual entries share the
+    slots but only merge within their modality; should the budget be smaller than the number of modalities
+    present, the entries standing for the most originals are kept.
+    """
+
+    def compress(self, entries: Entries, layer, budget: LayerBudget) -> Tensor:
+        modality = entries.modality
+        keep = [torch.nonzero(modality == TEXT).flatten()]
+        groups = [((AUDIO, VISUAL), budget.total)] if not budget.per_modality else [
+            ((AUDIO,), budget.audio), ((VISUAL,), budget.visual)]
+        for kinds, limit in groups:
+            runs = [torch.nonzero(modality == kind).flatten().tolist() for kind in kinds]
+            keep.append(self._merge_group(entries.hidden, layer, [r for r in runs if r], limit))
+        return torch.sort(torch.cat(keep)).values
+
+    @staticmethod
+    def _merge_group(hidden: Tensor, layer, runs: list[list[int]], limit: int) -> Tensor:
+        """Merge within each run (rows of one modality in order) until at most ``limit`` rows remain.
+
+        The greedy loop runs on host copies of the hidden states; every surviving row then becomes one
+        weighted sum of the originals it absorbed (pairwise means compose into halving coefficients), applied
+        to the cache's keys/values and to ``hidden`` in a single scatter each.
+        """
+        count = sum(len(r) for r in runs)
+        if count <= limit:
+            return torch.tensor([i for r in runs for i in r], dtype=torch.long)
+        vec = hidden.detach().double().cpu().numpy().copy()
+        unit = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
+        nxt: dict[int, int | None] = {}
+        prv: dict[int, int | None] = {}
+        members = {i: [i] for r in runs for i in r}
+        coef = np.ones(len(vec))
+        version = dict.fromkeys(members, 0)
+        heap: list[tuple[float, int, int, int, int]] = []
+
+        def push(i: int, j: int) -> None:
+            heapq.heappush(heap, (-float(unit[i] @ unit[j]), i, j, version[i], version[j]))
+
+        for run in runs:
+            for a, b in zip([None] + run[:-1], run):
+                prv[b] = a
+            for a, b in zip(run, run[1:] + [None]):
+                nxt[a] = b
+                if b is not None:
+                    push(a, b)
+        while count > limit and heap:
+            _, i, j, vi, vj = heapq.heappop(heap)
+            if j not in members or i not in members or nxt[i] != j or (vi, vj) != (version[i], version[j]):
+                continue
+            vec[i] = (vec[i] + vec[j]) / 2
+            unit[i] = vec[i] / max(np.linalg.norm(vec[i]), 1e-12)
+            group = members[i] + members.pop(j)
+            coef[group] /= 2
+            members[i] = group
+            version[i] += 1
+            count -= 1
+            nxt[i] = nxt[j]
+            if nxt[i] is not None:
+                prv[nxt[i]] = i
+                push(i, nxt[i])
+            if prv[i] is not None:
+                push(prv[i], i)
+        rows = sorted(sorted(members, key=lambda r: -len(members[r]))[:limit])
+        merged = [r for r in rows if len(members[r]) > 1]
+        if merged:
+            src = torch.tensor([m for r in merged for m in members[r]], dtype=torch.long)
+            dst = torch.tensor([r for r in merged for _ in members[r]], dtype=torch.long)
+            w = torch.from_numpy(coef[src.numpy()])
+            for t in (layer.keys, layer.values):
+                _mix_rows(t, src, dst, w, dim=t.dim() - 2)
+            _mix_rows(hidden, src, dst, w, dim=0)
+        return torch.tensor(rows, dtype=torch.long)
+
+
+def _mix_rows(t: Tensor, src: Tensor, dst: Tensor, weight: Tensor, dim: int) -> None:
+    """In place: row ``dst[k]`` of ``t`` along ``dim`` becomes sum_k weight[k] * row src[k] (rows in dst reset)."""
+    src, dst = src.to(t.device), dst.to(t.device)
+    shape = [1] * t.dim()
+    shape[dim] = len(src)
+    parts = t.index_select(dim, src).double() * weight.to(t.device).view(shape)
+    rows, inverse = torch.unique(dst, return_inverse=True)
+    out = torch.zeros_like(t.index_select(dim, rows), dtype=torch.float64)
+    out.index_add_(dim, inverse, parts)
+    t.index_copy_(dim, rows, out.to(t.dtype))
 
 
 class InfiniPotVPolicy(ChunkedKVPolicy):
