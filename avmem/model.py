@@ -71,14 +71,21 @@ class AVMemModel:
     def hidden_size(self) -> int:
         return self.backbone.hidden_size
 
+    def save_backbone(self, folder: str | Path) -> Path:
+        """Write the backbone as a Hugging Face folder: weights, config, tokenizer, image normalisation."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.backbone.model.save_pretrained(folder)
+        self.backbone.tokenizer.save_pretrained(folder)
+        pre = {"image_mean": list(self.backbone.vision.mean), "image_std": list(self.backbone.vision.std)}
+        (folder / "preprocessor_config.json").write_text(json.dumps(pre))
+        return folder
+
     def save_pretrained(self, path: str | Path) -> Path:
         """Write backbone, TTT and audio weights and ``avmem.json`` to ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.backbone.model.save_pretrained(path / "backbone")
-        self.backbone.tokenizer.save_pretrained(path / "backbone")
-        pre = {"image_mean": list(self.backbone.vision.mean), "image_std": list(self.backbone.vision.std)}
-        (path / "backbone" / "preprocessor_config.json").write_text(json.dumps(pre))
+        self.save_backbone(path / "backbone")
         if self.ttt is not None:
             save_file({k: v.contiguous() for k, v in self.ttt.state_dict().items()}, path / "ttt.safetensors")
         if self.audio is not None:
@@ -158,7 +165,7 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: to
 
         release = find_release(path)
         if release is not None:
-            return load_official_release(*release, cg_iters=cg_iters or 0, device=device, dtype=dtype)
+            return load_official_release(*release, cg_iters=cg_iters, device=device, dtype=dtype)
     if path.exists() and not (path / "config.json").is_file():
         raise ValueError(f"{path}: not a model folder (no {MODEL_FILE} and no config.json)")
     model_type = _model_type(name)

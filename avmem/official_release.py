@@ -17,20 +17,23 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from .backbones.qwen import Qwen3VLBackbone
+from .backbones.qwen import backbone_class
 from .encoders.audio import AudioEncoder, AudioEncoderConfig
 from .memory.ttt import TTTConfig, TTTMemory
-from .memory.ttt.official import infer_config_fields, native_key
+from .memory.ttt.official import infer_config_fields, native_key, official_key
 from .model import AVMemModel, ModelSpec
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TTT_CONFIG = "avmem_ttt.json"
+BASE_TYPES = ("qwen3_vl", "qwen2_5_vl")
 _LORA = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.default)?\.weight$")
 
 
@@ -46,15 +49,16 @@ def find_release(path: Path) -> tuple[Path, Path] | None:
     return base, adapters[0]
 
 
-def load_official_release(base: str | Path, adapter: str | Path, cg_iters: int = 0,
+def load_official_release(base: str | Path, adapter: str | Path, cg_iters: int | None = None,
                           device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> AVMemModel:
-    """Build the full model from the release folders.
+    """Build the full model from the release folders (or from an avmem training run, which writes the same
+    layout: ``base/`` + an adapter folder that also holds ``avmem_ttt.json``, the exact TTT configuration).
 
     Args:
         base: the base folder (``models/video_SALMONN_S/base``).
         adapter: the PEFT adapter folder (``models/video_SALMONN_S/video_salmonn_s_ttt_lora``).
-        cg_iters: CG iterations of the TTT update. The released script runs 0 (a plain gradient step);
-            the paper's TTT_HF uses 3. Which one the checkpoint was trained with is not recorded.
+        cg_iters: CG iterations of the TTT update; None keeps the adapter's recorded value, or for the
+            release (which records none) its script's 0 (a plain gradient step; the paper's TTT_HF uses 3).
         device, dtype: where and in which precision to run (the release runs bf16).
 
     Raises:
@@ -62,11 +66,12 @@ def load_official_release(base: str | Path, adapter: str | Path, cg_iters: int =
     """
     base, adapter = Path(base), Path(adapter)
     config = _read_json(base / "config.json")
-    if config.get("model_type") != "qwen3_vl":
-        raise ValueError(f"{base}: the release base is a qwen3_vl model, got model_type {config.get('model_type')!r}")
+    model_type = config.get("model_type")
+    if model_type not in BASE_TYPES:
+        raise ValueError(f"{base}: a release base is a {' or '.join(BASE_TYPES)} model, got model_type {model_type!r}")
     if "audio_config" not in config:
         raise ValueError(f"{base / 'config.json'}: no audio_config (not a video-SALMONN S base folder)")
-    backbone = Qwen3VLBackbone.from_pretrained(base, need_audio=True, dtype=dtype, device=device)
+    backbone = backbone_class(model_type).from_pretrained(base, need_audio=True, dtype=dtype, device=device)
     hidden = backbone.hidden_size
 
     audio_cfg = AudioEncoderConfig.from_official(config["audio_config"], llm_dim=hidden,
@@ -86,16 +91,66 @@ def load_official_release(base: str | Path, adapter: str | Path, cg_iters: int =
                          f"({len(foreign)} in all); other modules_to_save are not supported")
     merged = merge_lora(backbone.model, tensors, adapter_cfg)
 
-    # the release uses the lag objective ('forward_usekey_carryover', distance 1024): its tensors are required
-    fields = {**infer_config_fields(tensors), "lag_distance": 1024}
-    if fields["dim"] != hidden:
-        raise ValueError(f"{weights}: TTT width {fields['dim']} does not match the LLM hidden size {hidden}")
-    ttt_cfg = TTTConfig(**fields, mini_batch=1024, base_lr=0.1, update="hf", cg_iters=cg_iters, lag_weight=0.1,
-                        compat="official")
+    if (adapter / TTT_CONFIG).is_file():
+        ttt_cfg = TTTConfig.from_dict(_read_json(adapter / TTT_CONFIG))
+        if cg_iters is not None:
+            ttt_cfg = replace(ttt_cfg, cg_iters=cg_iters)
+    else:
+        # the release uses the lag objective ('forward_usekey_carryover', distance 1024): its tensors are required
+        fields = {**infer_config_fields(tensors), "lag_distance": 1024}
+        ttt_cfg = TTTConfig(**fields, mini_batch=1024, base_lr=0.1, update="hf", cg_iters=cg_iters or 0,
+                            lag_weight=0.1, compat="official")
+    if ttt_cfg.dim != hidden:
+        raise ValueError(f"{weights}: TTT width {ttt_cfg.dim} does not match the LLM hidden size {hidden}")
     ttt = TTTMemory.from_official_state_dict(tensors, ttt_cfg).to(device=backbone.device, dtype=backbone.dtype)
-    spec = ModelSpec(backbone_type="qwen3_vl", ttt=ttt_cfg.to_dict(), audio=audio_cfg.to_dict())
+    spec = ModelSpec(backbone_type=model_type, ttt=ttt_cfg.to_dict(), audio=audio_cfg.to_dict())
     return AVMemModel(backbone=backbone, ttt=ttt, audio=audio, spec=spec, source=f"{base} + {adapter}",
                       extras={"lora_pairs": merged})
+
+
+def save_release_base(model: AVMemModel, folder: str | Path) -> Path:
+    """Write ``model``'s backbone and audio encoder as a release base folder (§5.1): the Hugging Face folder,
+    the audio encoder's tensors under ``model.audio.*`` (in ``audio.safetensors``) and ``audio_config`` in
+    ``config.json``. Call it before adapters are injected into the backbone."""
+    folder = Path(folder)
+    if model.audio is None:
+        raise ValueError("a release base needs an audio encoder; this model has none")
+    if any("lora_" in name for name, _ in model.backbone.model.named_parameters()):
+        raise ValueError("save_release_base: the backbone already carries LoRA layers")
+    model.save_backbone(folder)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.audio.official_state_dict().items()}
+    save_file(tensors, str(folder / "audio.safetensors"), metadata={"format": "pt"})
+    config = _read_json(folder / "config.json")
+    config["audio_config"] = model.audio.audio_config.to_official()
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def save_release_adapter(folder: str | Path, lora: dict[str, torch.Tensor], ttt: TTTMemory,
+                         adapter_config: dict) -> Path:
+    """Write a PEFT adapter folder in the release layout (§5.4): LoRA pairs as
+    ``base_model.model.<module>.lora_{A,B}.weight``, the TTT block and gate as ``modules_to_save``
+    (``base_model.model.model.ttt_layers.ttt.<name>``, ``…ttt_gating.gating_alpha``), ``adapter_config.json``,
+    and ``avmem_ttt.json`` (the TTT configuration, which the release does not record).
+
+    ``lora`` maps backbone parameter names (``model.language_model.layers.0.self_attn.q_proj.lora_A.default
+    .weight`` as PEFT names them, or without ``.default``) to tensors.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in lora.items():
+        m = _LORA.match(name)
+        if m is None:
+            raise ValueError(f"'{name}' is not a LoRA weight name")
+        tensors[f"base_model.model.{m.group('module')}.lora_{m.group('ab')}.weight"] = value
+    for name, value in ttt.state_dict().items():
+        tensors[official_key(name)] = value
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(folder / ADAPTER_WEIGHTS),
+              metadata={"format": "pt"})
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
+    (folder / TTT_CONFIG).write_text(json.dumps(ttt.cfg.to_dict(), indent=2))
+    return folder
 
 
 def merge_lora(model: torch.nn.Module, tensors: dict[str, torch.Tensor], adapter_config: dict) -> int:

@@ -268,6 +268,7 @@ class StreamSession:
         self._last_read: list[int] | None = None
         self._kv: KVReuse | None = None
         self._kv_mode: str | None = None
+        self.trainable = False
 
     # feeding -----------------------------------------------------------------------------------------
 
@@ -379,18 +380,27 @@ class StreamSession:
 
     # memory updates ---------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def _absorb(self, st: SessionState, flush: bool) -> SessionState:
-        """Run vision + TTT on the pending frames (all of them if ``flush``) and update the video bank."""
+        """Run vision + TTT on the pending frames (all of them if ``flush``) and update the video bank.
+
+        The vision tower is frozen (no graph); TTT and the bank keep a graph only when ``self.trainable``.
+        """
         frames = st.pending_frames
         n = len(frames) if flush else len(frames) // 2 * 2
         if n == 0:
             return st
-        batch = frames[:n]
-        model = self.model
         step = 2 * VISION_BATCH_PATCHES  # vision tower in slices (frames are independent there): bounded activations
-        patches = [p for i in range(0, n, step)
-                   for p in model.backbone.encode_frames(np.stack([f for _, f in batch[i:i + step]]))]
+        with torch.no_grad():
+            patches = [p for i in range(0, n, step)
+                       for p in self.model.backbone.encode_frames(np.stack([f for _, f in frames[i:i + step]]))]
+        with torch.set_grad_enabled(self.trainable):
+            return self._absorb_tokens(st, n, patches)
+
+    def _absorb_tokens(self, st: SessionState, n: int, patches: list) -> SessionState:
+        """TTT + video bank on the vision features of the first ``n`` pending frames."""
+        model = self.model
+        frames = st.pending_frames
+        batch = frames[:n]
         main = torch.cat([p.tokens for p in patches])
         hm, wm = patches[0].grid_hw
         ttt_state = st.ttt
@@ -411,10 +421,10 @@ class StreamSession:
                        patches=st.patches.appended(stamps, (hm, wm), st.video_ids, n_ts),
                        video_ids=st.video_ids + main.shape[0])
 
-    @torch.no_grad()
     def _encode_audio(self, st: SessionState, samples: np.ndarray) -> None:
-        """Encode ``samples`` (the oldest pending audio) into the audio bank, in place on ``st``."""
-        tokens = self.model.audio.encode(samples).to(self.model.backbone.dtype)
+        """Encode ``samples`` (the oldest pending audio) into the audio bank, in place on ``st`` (frozen encoder)."""
+        with torch.no_grad():
+            tokens = self.model.audio.encode(samples).to(self.model.backbone.dtype)
         ids = torch.arange(st.audio_ids, st.audio_ids + tokens.shape[0], device=tokens.device)
         st.audio_log = st.audio_log.appended(st.audio_ids, st.pending_audio_start)
         st.audio_ids += tokens.shape[0]
@@ -448,7 +458,7 @@ class StreamSession:
         st = self._flushed()
         if len(st.patches) == 0 and st.audio is None:
             raise ValueError("ask: nothing has been fed yet")
-        embeds, positions, visual_mask, deepstack, selectable, n_query = self._prompt(st, question)
+        embeds, positions, visual_mask, deepstack, selectable, n_query = self._prompt(st, self._question_tail(question))
         limit = max_new_tokens or self.settings.max_new_tokens
         bb = self.model.backbone
         settings = self.settings
@@ -512,7 +522,7 @@ class StreamSession:
         st = self._flushed()
         if len(st.patches) == 0 and st.audio is None:
             raise ValueError("nothing has been fed yet")
-        embeds, positions, visual, deepstack, selectable, n_query = self._prompt(st, "?")
+        embeds, positions, visual, deepstack, selectable, n_query = self._prompt(st, self._question_tail("?"))
         cut = embeds.shape[0] - n_query
         modality = torch.full((cut,), TEXT, dtype=torch.long)
         modality[selectable[:cut]] = AUDIO
@@ -574,9 +584,16 @@ class StreamSession:
             return np.zeros(n, dtype=np.int64)
         return np.bincount(self._audio_patch(st, np.arange(st.audio_ids)), minlength=n)
 
-    def _prompt(self, st: SessionState, question: str):
+    def _question_tail(self, question: str) -> list[int]:
+        """Token ids after the memory: the question, the end of the user turn and the assistant header."""
+        tok = self.model.backbone.tokens
+        tail = self._text_ids("\n" + question.strip()) + [tok.im_end] + self._text_ids("\n")
+        return tail + [tok.im_start] + self._text_ids("assistant\n")
+
+    def _prompt(self, st: SessionState, tail: list[int]):
         """Input embeddings [L, D], positions [3, L], visual mask [L], deepstack [k, n_visual, D] (or None),
-        selectable mask [L] (audio/visual tokens), and the number of trailing question rows."""
+        selectable mask [L] (audio/visual tokens), and the number of trailing rows (``tail``, token ids placed
+        after the memory)."""
         bb = self.model.backbone
         tok = bb.tokens
         pieces: list[Tensor] = []
@@ -637,8 +654,6 @@ class StreamSession:
         elif len(a_ids):
             add_tokens(st.audio.tokens, (pos + torch.from_numpy(a_ids)).view(1, -1).expand(3, -1), False)
             pos += int(st.audio_ids)
-        tail = self._text_ids("\n" + question.strip()) + [tok.im_end] + self._text_ids("\n")
-        tail += [tok.im_start] + self._text_ids("assistant\n")
         add_text(tail, pos)
         embeds = torch.cat([p.to(bb.dtype) for p in pieces])
         mask = torch.cat(visual)

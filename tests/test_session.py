@@ -72,7 +72,7 @@ def test_prompt_positions_follow_the_full_layout(model):
     for i, f in enumerate(frames(8, seed=3)):
         s.feed(frames=f, t=float(i))
     st = s._flushed()
-    embeds, pos, mask, deep, _, _ = s._prompt(st, "Which colour?")
+    embeds, pos, mask, deep, _, _ = s._prompt(st, s._question_tail("Which colour?"))
     assert embeds.shape[0] == pos.shape[1] and pos.shape[0] == 3
     assert bool((pos[0, 1:] >= pos[0, :-1]).all())  # temporal positions never go back
     hm, wm = (int(v) for v in st.patches.grid[0])
@@ -156,7 +156,7 @@ def test_positions_equal_transformers_get_rope_index_on_the_uncompressed_layout(
         s.feed(frames=f, t=i / fps)
     s.feed(audio=tone(9.0), audio_t=0.0)
     st = s._flushed()
-    _, pos, mask, _, _, _ = s._prompt(st, "Which colour?")
+    _, pos, mask, _, _, _ = s._prompt(st, s._question_tail("Which colour?"))
     tok = model.backbone.tokens
     ids = [tok.im_start] + s._text_ids("user\n")
     counts = s._audio_counts(st)

@@ -197,14 +197,36 @@ class QwenVLBackbone:
         ``deepstack`` [k, n_visual, D] is added at ``visual_mask`` [L] after the first k layers (Qwen3-VL).
         Returns the logits of the last row, [vocab] (float32).
         """
+        return self.model.lm_head(self.hidden_states(embeds, positions, cache, visual_mask, deepstack)[-1:]).float()[0]
+
+    def hidden_states(self, embeds: Tensor, positions: Tensor, cache: DynamicCache | None, visual_mask: Tensor | None,
+                      deepstack: Tensor | None) -> Tensor:
+        """Final hidden states [L, D] of the language model on embeddings [L, D] at positions [3, L], extending
+        ``cache`` (None: no cache kept, as in training)."""
         kwargs = {}
         if deepstack is not None:
             kwargs = {"visual_pos_masks": visual_mask[None], "deepstack_visual_embeds": list(deepstack)}
         out = self.model.model.language_model(
             inputs_embeds=embeds[None], position_ids=positions[:, None, :].to(self.device),
-            past_key_values=cache, use_cache=True, **kwargs,
+            past_key_values=cache, use_cache=cache is not None, **kwargs,
         )
-        return self.model.lm_head(out.last_hidden_state[:, -1]).float()[0]
+        return out.last_hidden_state[0]
+
+    def answer_loss(self, embeds: Tensor, positions: Tensor, targets: Tensor, cache: DynamicCache | None = None,
+                    visual_mask: Tensor | None = None, deepstack: Tensor | None = None) -> tuple[Tensor, int]:
+        """Next-token cross-entropy on the answer tokens: ``targets`` [L] holds, at row i, the token id row i must
+        predict, or -100 (no loss). Returns (sum of the losses, number of predicted tokens); the LM head runs
+        only on the predicting rows.
+        """
+        if targets.shape != embeds.shape[:1]:
+            raise ValueError(f"targets must be [{embeds.shape[0]}], got {list(targets.shape)}")
+        hidden = self.hidden_states(embeds, positions, cache, visual_mask, deepstack)
+        rows = torch.nonzero(targets != -100).flatten().to(hidden.device)
+        if len(rows) == 0:
+            raise ValueError("answer_loss: no target tokens")
+        logits = self.model.lm_head(hidden[rows]).float()
+        loss = torch.nn.functional.cross_entropy(logits, targets.to(hidden.device)[rows], reduction="sum")
+        return loss, len(rows)
 
     @torch.no_grad()
     def generate(self, embeds: Tensor, positions: Tensor, visual_mask: Tensor | None = None,

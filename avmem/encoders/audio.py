@@ -168,6 +168,23 @@ class AudioEncoderConfig:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not an AudioEncoderConfig dict ({exc})") from None
 
+    def to_official(self) -> dict[str, Any]:
+        """The official ``config.json`` ``audio_config`` dict (``qformer_config`` nested); inverse of
+        :meth:`from_official` for a given ``llm_dim``."""
+        w, q = self.whisper, self.qformer
+        return {
+            "num_mel_bins": w.num_mel_bins, "encoder_layers": w.num_layers, "d_model": w.d_model,
+            "encoder_attention_heads": w.num_heads, "encoder_ffn_dim": w.ffn_dim,
+            "max_source_positions": w.max_source_positions, "activation_function": w.activation,
+            "second_per_window": q.second_per_window, "second_stride": q.second_stride,
+            "qformer_config": {
+                "hidden_size": q.hidden_size, "num_hidden_layers": q.num_layers, "num_attention_heads": q.num_heads,
+                "intermediate_size": q.intermediate_size, "encoder_width": w.d_model, "query_length": q.query_length,
+                "cross_attention_freq": q.cross_attention_freq, "layer_norm_eps": q.layer_norm_eps,
+                "hidden_act": q.hidden_act, "initializer_range": q.initializer_range,
+            },
+        }
+
     @classmethod
     def from_official(cls, audio_config: Mapping[str, Any], *, llm_dim: int,
                       qformer_config: Mapping[str, Any] | None = None) -> AudioEncoderConfig:

@@ -34,12 +34,12 @@ class BankState:
 
 
 def neighbour_similarity(tokens: Tensor) -> Tensor:
-    """cos(x_i, x_{i+1}) for i = 0..n-2 on flattened features, [n-1].
+    """cos(x_i, x_{i+1}) for i = 0..n-2 on flattened features, [n-1] (no graph: it only ranks).
 
     Computed in float32 (float64 stays float64) even for bf16 tokens: the released code ranks in the
     model dtype, where near-ties can order differently; we prefer the stable ranking.
     """
-    flat = tokens.reshape(tokens.shape[0], -1)
+    flat = tokens.detach().reshape(tokens.shape[0], -1)
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float()
     unit = F.normalize(flat, dim=-1)

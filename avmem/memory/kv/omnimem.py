@@ -73,7 +73,7 @@ class ChunkedKVPolicy:
         """Scores [N] of the entries competing in one layer (higher is kept)."""
         raise NotImplementedError
 
-    def compress(self, entries: "Entries", layer, budget: LayerBudget) -> Tensor:
+    def reduce(self, entries: "Entries", layer, budget: LayerBudget) -> Tensor:
         """Rows of one layer kept under ``budget`` (sorted indices into the N entries).
 
         The default ranks by :meth:`score`; a policy may also rewrite kept rows of the cache ``layer``
@@ -92,6 +92,21 @@ class ChunkedKVPolicy:
 
         Raises:
             ValueError: a budget file whose layer count differs from the model's, or mismatched shapes.
+        """
+        cache, held_mod, held_idx = self.compress(backbone, memory, memory_positions, modality, visual_mask, deepstack)
+        logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)
+        kept = [int(((m == AUDIO) | (m == VISUAL)).sum()) for m in held_mod]
+        next_position = int(torch.cat([memory_positions, prompt_positions], dim=1).max()) + 1
+        return ReadResult(cache=cache, logits=logits, next_position=next_position, kept=kept,
+                          modality=[m.clone() for m in held_mod], entries=[i.clone() for i in held_idx])
+
+    def compress(self, backbone, memory: Tensor, memory_positions: Tensor, modality: Tensor,
+                 visual_mask: Tensor | None = None,
+                 deepstack: Tensor | None = None) -> tuple[DynamicCache, list[Tensor], list[Tensor]]:
+        """The chunked prefill with per-layer selection: (cache holding each layer's kept entries, their
+        modality per layer, their memory index per layer). Runs in the caller's grad mode: with gradients
+        on (budget-aware fine-tuning) the kept keys/values keep their graph back through earlier chunks;
+        the selection itself carries none.
         """
         model = backbone.model
         layers = model.config.text_config.num_hidden_layers
@@ -125,16 +140,12 @@ class ChunkedKVPolicy:
                     values = cache.layers[li].values[0].transpose(0, 1).reshape(len(order), -1).float().cpu()
                     entries = Entries(hidden=h, attention=a, order=order, modality=mods,
                                       positions=memory_positions[:, order], values=values)
-                    keep = self.compress(entries, cache.layers[li], self.budgets[li])
+                    keep = self.reduce(entries, cache.layers[li], self.budgets[li])
                     keep_rows(cache.layers[li], keep)
                     h = entries.hidden
                     held_h[li], held_mod[li], held_a[li] = h[keep.to(h.device)], mods[keep], a[keep]
                     held_idx[li] = order[keep]
-        logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)
-        kept = [int(((m == AUDIO) | (m == VISUAL)).sum()) for m in held_mod]
-        next_position = int(torch.cat([memory_positions, prompt_positions], dim=1).max()) + 1
-        return ReadResult(cache=cache, logits=logits, next_position=next_position, kept=kept,
-                          modality=[m.clone() for m in held_mod], entries=[i.clone() for i in held_idx])
+        return cache, held_mod, held_idx
 
 
 class OmniMemPolicy(ChunkedKVPolicy):
@@ -193,7 +204,7 @@ class SimilarityMergePolicy(ChunkedKVPolicy):
     present, the entries standing for the most originals are kept.
     """
 
-    def compress(self, entries: Entries, layer, budget: LayerBudget) -> Tensor:
+    def reduce(self, entries: Entries, layer, budget: LayerBudget) -> Tensor:
         modality = entries.modality
         keep = [torch.nonzero(modality == TEXT).flatten()]
         groups = [((AUDIO, VISUAL), budget.total)] if not budget.per_modality else [

@@ -409,8 +409,6 @@ class TTTMemory(nn.Module):
         Raises:
             ValueError: naming the first missing, mis-shaped, non-finite or unexpected TTT tensor.
         """
-        if cfg.update == "muon":
-            raise ValueError("update='muon' has a learned step size that official checkpoints do not hold")
         layer = cls(cfg)
         found = extract_ttt_tensors(state_dict)
         own = layer.state_dict()
@@ -422,6 +420,9 @@ class TTTMemory(nn.Module):
             )
         for name, ref in own.items():
             if name not in found:
+                if name.startswith("update."):
+                    raise ValueError(f"checkpoint is missing '{name}', the learned step of update='{cfg.update}' "
+                                     "(official checkpoints have none: they were trained with hf/sgd)")
                 official_name = f"ttt_layers.{name}" if name.startswith("ttt.") else "ttt_gating.gating_alpha"
                 raise ValueError(f"checkpoint is missing TTT tensor '{official_name}'")
             t = found[name]

@@ -4,7 +4,8 @@ After ``merge_and_unload`` the official model holds the block at ``model.ttt_lay
 the gate at ``model.ttt_gating.gating_alpha``; the PEFT adapter stores them as
 ``base_model.model.model.ttt_layers.ttt.<name>`` (``modules_to_save`` with the ``modules_to_save.default.``
 infix removed, or kept by custom saves). :class:`~avmem.memory.ttt.TTTMemory` uses the short names
-``ttt.<name>`` and ``gating_alpha``.
+``ttt.<name>`` and ``gating_alpha``. avmem's own adapters add the learned step of the Muon rule (which
+the official code does not have) as ``…ttt_layers.update.log_step``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ _PREFIXES = ("base_model.model.", "model.")
 
 
 def native_key(key: str) -> str | None:
-    """Map an official / PEFT / native key to ``ttt.<name>`` or ``gating_alpha``; None if unrelated.
+    """Map an official / PEFT / native key to ``ttt.<name>``, ``update.<name>`` or ``gating_alpha``; None if
+    unrelated.
 
     Keys of PEFT's frozen ``original_module`` copies are unrelated (the trained copy is the one under
     ``modules_to_save``).
@@ -35,7 +37,9 @@ def native_key(key: str) -> str | None:
         return "ttt." + k[len("ttt_layers.ttt."):]
     if k == "ttt_gating.gating_alpha":
         return "gating_alpha"
-    if k.startswith("ttt.") or k == "gating_alpha":
+    if k.startswith("ttt_layers.update."):
+        return k[len("ttt_layers."):]
+    if k.startswith(("ttt.", "update.")) or k == "gating_alpha":
         return k
     return None
 
@@ -85,3 +89,13 @@ def infer_config_fields(state_dict: Mapping[str, Tensor]) -> dict[str, int]:
     if "ttt.lag_linear.weight" not in found:
         fields["lag_distance"] = 0
     return fields
+
+
+def official_key(name: str) -> str:
+    """Inverse of :func:`native_key` for a :class:`~avmem.memory.ttt.TTTMemory` state-dict name: the key an
+    adapter stores (``base_model.model.model.ttt_layers.ttt.W1``, ``…ttt_gating.gating_alpha``)."""
+    if name == "gating_alpha":
+        return "base_model.model.model.ttt_gating.gating_alpha"
+    if name.startswith(("ttt.", "update.")):
+        return "base_model.model.model.ttt_layers." + name
+    raise ValueError(f"'{name}' is not a TTT tensor name")
