@@ -445,6 +445,45 @@ def budgets_show(
 
 
 @app.command()
+@user_errors
+def train(
+    config: str = typer.Argument(..., help="Training config (YAML); examples in avmem/train/configs/."),
+    resume: str = typer.Option(None, "--resume", help="Continue from 'latest' or a checkpoint-N folder."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Override the config's max_steps."),
+    check: bool = typer.Option(False, "--check", help="Validate the config and data, then stop."),
+) -> None:
+    """Fine-tune LoRA + the TTT memory on video QA data (official JSON/JSONL format).
+
+    Multi-GPU / multi-node: ``accelerate launch --config_file avmem/train/configs/ddp.yaml -m avmem.train CONFIG``
+    (or fsdp.yaml, deepspeed_zero2.yaml, deepspeed_zero3.yaml), or ``torchrun --nproc_per_node N -m avmem.train``.
+    """
+    from .train.config import load_config
+
+    cfg = load_config(config)
+    if resume is not None:
+        cfg.resume = resume
+    if max_steps is not None:
+        cfg.max_steps = max_steps
+    cfg.check()
+    _quiet_transformers()
+    if check:
+        from .train.data import check_media, load_records
+
+        records = load_records(cfg.data)
+        check_media(records, cfg.validate_samples)
+        print(f"avmem train: config ok; {len(records)} samples, first {min(len(records), cfg.validate_samples)} "
+              "probed", file=sys.stderr)
+        return
+    from .train.engine import train as run
+
+    result = run(cfg)
+    if result.is_main and result.losses:
+        console.print(f"trained {result.steps} steps ({result.samples} samples, {result.skipped} skipped) in "
+                      f"{result.seconds:.0f} s; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; "
+                      f"model: {result.output_dir}")
+
+
+@app.command()
 def version() -> None:
     """Print the avmem version."""
     print(__version__)

@@ -126,15 +126,16 @@ def save_release_base(model: AVMemModel, folder: str | Path) -> Path:
     return folder
 
 
-def save_release_adapter(folder: str | Path, lora: dict[str, torch.Tensor], ttt: TTTMemory,
-                         adapter_config: dict) -> Path:
+def save_release_adapter(folder: str | Path, lora: dict[str, torch.Tensor], ttt: dict[str, torch.Tensor],
+                         ttt_config: TTTConfig, adapter_config: dict) -> Path:
     """Write a PEFT adapter folder in the release layout (§5.4): LoRA pairs as
     ``base_model.model.<module>.lora_{A,B}.weight``, the TTT block and gate as ``modules_to_save``
     (``base_model.model.model.ttt_layers.ttt.<name>``, ``…ttt_gating.gating_alpha``), ``adapter_config.json``,
     and ``avmem_ttt.json`` (the TTT configuration, which the release does not record).
 
     ``lora`` maps backbone parameter names (``model.language_model.layers.0.self_attn.q_proj.lora_A.default
-    .weight`` as PEFT names them, or without ``.default``) to tensors.
+    .weight`` as PEFT names them, or without ``.default``) to tensors; ``ttt`` is the TTT layer's state dict
+    (``ttt.W1``, ``gating_alpha``, ...) and ``ttt_config`` its configuration.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -144,12 +145,12 @@ def save_release_adapter(folder: str | Path, lora: dict[str, torch.Tensor], ttt:
         if m is None:
             raise ValueError(f"'{name}' is not a LoRA weight name")
         tensors[f"base_model.model.{m.group('module')}.lora_{m.group('ab')}.weight"] = value
-    for name, value in ttt.state_dict().items():
+    for name, value in ttt.items():
         tensors[official_key(name)] = value
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(folder / ADAPTER_WEIGHTS),
               metadata={"format": "pt"})
     (folder / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
-    (folder / TTT_CONFIG).write_text(json.dumps(ttt.cfg.to_dict(), indent=2))
+    (folder / TTT_CONFIG).write_text(json.dumps(ttt_config.to_dict(), indent=2))
     return folder
 
 

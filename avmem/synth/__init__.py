@@ -1,5 +1,5 @@
-"""Synthetic audio-visual material with known content (demo clips, later the synthetic benchmark)."""
+"""Synthetic audio-visual material with known content (demo clips, small training sets)."""
 
-from .clip import write_test_pattern_clip
+from .clip import scene_colours, write_colour_qa_set, write_test_pattern_clip
 
-__all__ = ["write_test_pattern_clip"]
+__all__ = ["scene_colours", "write_colour_qa_set", "write_test_pattern_clip"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -12,6 +13,14 @@ SCENE_SECONDS = 10
 _COLOURS = np.array(
     [[200, 40, 40], [40, 160, 60], [40, 70, 200], [220, 190, 40], [150, 60, 180], [30, 170, 170]], dtype=np.uint8
 )
+COLOUR_NAMES = ("red", "green", "blue", "yellow", "purple", "teal")
+
+
+def scene_colours(seconds: int, seed: int) -> list[str]:
+    """Names of the background colours of the scenes of ``write_test_pattern_clip(seconds=..., seed=...)``."""
+    rng = np.random.default_rng(seed)
+    n_scenes = -(-seconds // SCENE_SECONDS)
+    return [COLOUR_NAMES[i] for i in rng.integers(0, len(_COLOURS), n_scenes)]
 
 
 def write_test_pattern_clip(
@@ -86,3 +95,20 @@ def write_test_pattern_clip(
                 container.mux(audio_stream.encode(frame))
             container.mux(audio_stream.encode())
     return path
+
+
+def write_colour_qa_set(folder: str | Path, n: int, seconds: int = 4, size: tuple[int, int] = (64, 64),
+                        seed: int = 0, audio: bool = True) -> Path:
+    """``n`` test-pattern clips and ``data.json`` in the official training format asking for the background
+    colour (answer: its name). A small, learnable training set for tests and smoke runs; returns the JSON."""
+    folder = Path(folder)
+    items = []
+    for i in range(n):
+        clip = write_test_pattern_clip(folder / f"clip{i:03d}.mp4", seconds, fps=4, size=size, seed=seed + i,
+                                       audio=audio)
+        items.append({"video": clip.name, "use_audio": audio, "conversations": [
+            {"from": "human", "value": "<video>\nWhat colour is the background?"},
+            {"from": "gpt", "value": scene_colours(seconds, seed + i)[0].capitalize() + "."}]})
+    out = folder / "data.json"
+    out.write_text(json.dumps(items, indent=1))
+    return out

@@ -1,0 +1,219 @@
+"""Training configuration (``avmem train CONFIG.yaml``): one flat YAML mapping plus a ``lora`` section.
+
+Unknown keys, wrong types and bad values are rejected before anything is loaded, with a one-line
+message naming the key. Defaults follow the paper's recipe (seed 001 §4.1, §4.3): LoRA r=128,
+alpha=256, dropout 0.05 on the LLM's q/k/v projections, the TTT block trainable, lr 2e-5, 4 FPS with at
+most 1024 frames per video, one epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+UPDATES = ("hf", "sgd", "muon")
+READERS = ("full", "omnimem")
+PRECISIONS = ("auto", "fp32", "bf16")
+REPORTERS = ("tensorboard", "none")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the language model: rank, alpha, dropout and the projection names it wraps."""
+
+    r: int = 128
+    alpha: float = 256.0
+    dropout: float = 0.05
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs.
+
+    Attributes (besides the obvious):
+        model: a :func:`avmem.load_model` source (preset, avmem folder, release folder, Qwen folder or hub id).
+        data: official-format JSON/JSONL files (a list, or one comma-separated string).
+        ttt_update / cg_iters: override the TTT update rule (hf | sgd | muon) and its CG iterations.
+        ttt_checkpoint_group: recompute groups of this many TTT mini-batches in backward (0: keep all).
+        ttt_only_steps: two-stage schedule: the first steps train only the TTT block (LoRA lr held at 0).
+        reader: "full" (the whole memory reaches the LLM) or "omnimem" (budget-aware fine-tuning: the
+            loss runs through OmniMem's compressed forward with ``budget_file`` / ``read_tokens``).
+        precision: "auto" = bf16 frozen weights on CUDA (trainable weights in fp32), fp32 on CPU.
+        resume: continue from the newest ``checkpoint-N`` in ``output_dir`` ("latest") or a given folder.
+        validate_samples: decode-probe this many samples before training starts.
+    """
+
+    model: str = ""
+    data: list[str] = field(default_factory=list)
+    output_dir: str = ""
+    fps: float = 4.0
+    max_frames: int = 1024
+    max_pixels: int = 176400
+    min_pixels: int = 784
+    video_tokens: int = 16384
+    audio_tokens: int = 4096
+    use_audio: bool = True
+    use_ttt: bool = True
+    ttt_update: str | None = None
+    cg_iters: int | None = None
+    ttt_checkpoint_group: int = 16
+    gradient_checkpointing: bool = False
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    lr: float = 2e-5
+    ttt_lr: float | None = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    epochs: int = 1
+    max_steps: int | None = None
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    ttt_only_steps: int = 0
+    reader: str = "full"
+    budget_file: str | None = None
+    read_tokens: int = 16384
+    read_chunk: int = 16384
+    omni_lambda: float = 0.02
+    precision: str = "auto"
+    seed: int = 0
+    num_workers: int = 2
+    logging_steps: int = 10
+    save_steps: int = 500
+    report_to: str = "tensorboard"
+    resume: str | None = None
+    validate_samples: int = 8
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bad value."""
+        if not self.model:
+            raise ValueError("config: 'model' is required")
+        if not self.data:
+            raise ValueError("config: 'data' is required (official-format JSON/JSONL files)")
+        if not self.output_dir:
+            raise ValueError("config: 'output_dir' is required")
+        positive = ("fps", "max_frames", "max_pixels", "min_pixels", "video_tokens", "audio_tokens", "epochs",
+                    "grad_accum", "read_tokens", "read_chunk", "logging_steps", "save_steps")
+        for name in positive:
+            value = getattr(self, name)
+            if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"config: '{name}' must be > 0, got {value}")
+        for name in ("lr", "weight_decay", "max_grad_norm", "omni_lambda", "ttt_checkpoint_group", "ttt_only_steps",
+                     "num_workers", "validate_samples"):
+            value = getattr(self, name)
+            if not value >= 0 or not math.isfinite(value):
+                raise ValueError(f"config: '{name}' must be >= 0, got {value}")
+        if self.ttt_lr is not None and not (self.ttt_lr >= 0 and math.isfinite(self.ttt_lr)):
+            raise ValueError(f"config: 'ttt_lr' must be >= 0, got {self.ttt_lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"config: 'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError(f"config: 'max_steps' must be > 0, got {self.max_steps}")
+        if self.cg_iters is not None and self.cg_iters < 0:
+            raise ValueError(f"config: 'cg_iters' must be >= 0, got {self.cg_iters}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"config: min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
+        for name, allowed in (("ttt_update", UPDATES), ("reader", READERS), ("precision", PRECISIONS),
+                              ("report_to", REPORTERS)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ValueError(f"config: '{name}' must be one of {', '.join(allowed)}; got {value!r}")
+        if self.budget_file is not None and self.reader != "omnimem":
+            raise ValueError("config: 'budget_file' only applies with reader: omnimem")
+        lora = self.lora
+        if lora.r <= 0 or not lora.alpha > 0 or not 0 <= lora.dropout < 1:
+            raise ValueError(f"config: lora needs r > 0, alpha > 0, 0 <= dropout < 1; got r={lora.r}, "
+                             f"alpha={lora.alpha}, dropout={lora.dropout}")
+        if not lora.targets or not all(isinstance(t, str) and t.isidentifier() for t in lora.targets):
+            raise ValueError(f"config: lora.targets must be a non-empty list of module names, got {lora.targets!r}")
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """Check one YAML value against the field's annotation (a string, as the module uses postponed annotations)."""
+    kind = str(kind)
+    optional = "None" in kind
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"config: '{key}' must not be empty")
+    base = kind.replace(" | None", "")
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"config: '{key}' must be true or false, got {value!r}")
+        return value
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config: '{key}' must be an integer, got {value!r}")
+        return value
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if base == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"config: '{key}' must be a string, got {value!r}")
+        return value
+    if base == "list[str]":
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"config: '{key}' must be a list of strings, got {value!r}")
+        return value
+    raise AssertionError(f"unhandled config type {kind} for {key}")
+
+
+def config_from_dict(data: dict, base_dir: Path | None = None) -> TrainConfig:
+    """Build and check a :class:`TrainConfig`; relative ``data`` / ``output_dir`` / ``budget_file`` paths are
+    resolved against ``base_dir`` (the YAML file's folder)."""
+    if not isinstance(data, dict):
+        raise ValueError("config: the file must hold a mapping of keys to values")
+    known = {f.name: f for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"config: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "lora":
+            values["lora"] = _lora_from_dict(value)
+        else:
+            values[key] = _coerce(key, value, known[key].type)
+    cfg = TrainConfig(**values)
+    if base_dir is not None:
+        def resolve(p: str) -> str:
+            return p if "://" in p or Path(p).is_absolute() else str(base_dir / p)
+
+        cfg.data = [resolve(p) for p in cfg.data]
+        if cfg.output_dir:
+            cfg.output_dir = resolve(cfg.output_dir)
+        if cfg.budget_file:
+            cfg.budget_file = resolve(cfg.budget_file)
+    cfg.check()
+    return cfg
+
+
+def _lora_from_dict(value: Any) -> LoraSettings:
+    if not isinstance(value, dict):
+        raise ValueError(f"config: 'lora' must be a mapping (r, alpha, dropout, targets), got {value!r}")
+    known = {f.name: f for f in fields(LoraSettings)}
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ValueError(f"config: unknown key 'lora.{unknown[0]}' (known: {', '.join(sorted(known))})")
+    return LoraSettings(**{k: _coerce(f"lora.{k}", v, known[k].type) for k, v in value.items()})
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a YAML training config (see ``avmem/train/configs/``)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        return config_from_dict(data if data is not None else {}, base_dir=path.parent)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
