@@ -457,6 +457,11 @@ def train(
     Multi-GPU / multi-node: ``accelerate launch --config_file avmem/train/configs/ddp.yaml -m avmem.train CONFIG``
     (or fsdp.yaml, deepspeed_zero2.yaml, deepspeed_zero3.yaml), or ``torchrun --nproc_per_node N -m avmem.train``.
     """
+    import importlib.util
+
+    missing = [m for m in ("peft", "accelerate", "yaml") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"training needs {', '.join(missing)}: pip install 'avmem[train]'")
     from .train.config import load_config
 
     cfg = load_config(config)

@@ -10,7 +10,8 @@ Loading (:func:`load_model`):
   ``transformers`` classes (tests, synthetic training). Built once into a cache folder.
 * a folder written by :meth:`AVMemModel.save_pretrained` (``avmem.json`` + ``backbone/`` +
   ``ttt.safetensors`` / ``audio.safetensors``): every tensor must be present.
-* the official video-SALMONN S release folder (``base/`` + adapter): see :mod:`avmem.official_release`.
+* the official video-SALMONN S release folder (``base/`` + adapter), or an avmem training run (same
+  layout), or a release base folder alone (backbone + audio, no TTT): see :mod:`avmem.official_release`.
 * a plain Qwen2.5-VL / Qwen3-VL folder or hub id: the backbone only. Untrained TTT or audio weights are
   never used, so TTT and audio are off unless you pass trained weights.
 """
@@ -166,6 +167,10 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: to
         release = find_release(path)
         if release is not None:
             return load_official_release(*release, cg_iters=cg_iters, device=device, dtype=dtype)
+        from .official_release import is_release_base, load_release_base
+
+        if is_release_base(path):
+            return load_release_base(path, device=device, dtype=dtype)
     if path.exists() and not (path / "config.json").is_file():
         raise ValueError(f"{path}: not a model folder (no {MODEL_FILE} and no config.json)")
     model_type = _model_type(name)

@@ -65,20 +65,8 @@ def load_official_release(base: str | Path, adapter: str | Path, cg_iters: int |
         ValueError: naming the first missing or mis-shaped tensor or file.
     """
     base, adapter = Path(base), Path(adapter)
-    config = _read_json(base / "config.json")
-    model_type = config.get("model_type")
-    if model_type not in BASE_TYPES:
-        raise ValueError(f"{base}: a release base is a {' or '.join(BASE_TYPES)} model, got model_type {model_type!r}")
-    if "audio_config" not in config:
-        raise ValueError(f"{base / 'config.json'}: no audio_config (not a video-SALMONN S base folder)")
-    backbone = backbone_class(model_type).from_pretrained(base, need_audio=True, dtype=dtype, device=device)
+    model_type, backbone, audio, audio_cfg = _load_base(base, device, dtype)
     hidden = backbone.hidden_size
-
-    audio_cfg = AudioEncoderConfig.from_official(config["audio_config"], llm_dim=hidden,
-                                                 qformer_config=config.get("qformer_config"))
-    audio = AudioEncoder(audio_cfg)
-    audio.load_official_state_dict(_base_tensors(base, prefix="model.audio."))
-    audio = audio.to(device=backbone.device, dtype=backbone.dtype).eval()
 
     adapter_cfg = _read_json(adapter / ADAPTER_CONFIG)
     weights = adapter / ADAPTER_WEIGHTS
@@ -106,6 +94,39 @@ def load_official_release(base: str | Path, adapter: str | Path, cg_iters: int |
     spec = ModelSpec(backbone_type=model_type, ttt=ttt_cfg.to_dict(), audio=audio_cfg.to_dict())
     return AVMemModel(backbone=backbone, ttt=ttt, audio=audio, spec=spec, source=f"{base} + {adapter}",
                       extras={"lora_pairs": merged})
+
+
+def is_release_base(path: Path) -> bool:
+    """Whether ``path`` is a base folder with an audio encoder (``audio_config`` in its config.json)."""
+    try:
+        return "audio_config" in json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def load_release_base(base: str | Path, device: str | torch.device = "cpu",
+                      dtype: torch.dtype | None = None) -> AVMemModel:
+    """A release base folder alone (backbone + audio encoder, no TTT block): the starting point for training a
+    new TTT memory (``new_ttt`` in the training config) or for audio-visual answering without one."""
+    model_type, backbone, audio, audio_cfg = _load_base(Path(base), device, dtype)
+    spec = ModelSpec(backbone_type=model_type, audio=audio_cfg.to_dict())
+    return AVMemModel(backbone=backbone, ttt=None, audio=audio, spec=spec, source=str(base))
+
+
+def _load_base(base: Path, device, dtype):
+    config = _read_json(base / "config.json")
+    model_type = config.get("model_type")
+    if model_type not in BASE_TYPES:
+        raise ValueError(f"{base}: a release base is a {' or '.join(BASE_TYPES)} model, got model_type {model_type!r}")
+    if "audio_config" not in config:
+        raise ValueError(f"{base / 'config.json'}: no audio_config (not a video-SALMONN S base folder)")
+    backbone = backbone_class(model_type).from_pretrained(base, need_audio=True, dtype=dtype, device=device)
+    audio_cfg = AudioEncoderConfig.from_official(config["audio_config"], llm_dim=backbone.hidden_size,
+                                                 qformer_config=config.get("qformer_config"))
+    audio = AudioEncoder(audio_cfg)
+    audio.load_official_state_dict(_base_tensors(base, prefix="model.audio."))
+    audio = audio.to(device=backbone.device, dtype=backbone.dtype).eval()
+    return model_type, backbone, audio, audio_cfg
 
 
 def save_release_base(model: AVMemModel, folder: str | Path) -> Path:

@@ -36,6 +36,9 @@ class TrainConfig:
     Attributes (besides the obvious):
         model: a :func:`avmem.load_model` source (preset, avmem folder, release folder, Qwen folder or hub id).
         data: official-format JSON/JSONL files (a list, or one comma-separated string).
+        new_ttt: add a freshly initialised TTT block (the paper's recipe on a base without one) with
+            ``ttt_heads`` heads, mini-batches of ``ttt_mini_batch`` tokens and the lag objective at distance
+            ``ttt_lag`` (release architecture: 8, 1024, 1024).
         ttt_update / cg_iters: override the TTT update rule (hf | sgd | muon) and its CG iterations.
         ttt_checkpoint_group: recompute groups of this many TTT mini-batches in backward (0: keep all).
         ttt_only_steps: two-stage schedule: the first steps train only the TTT block (LoRA lr held at 0).
@@ -57,6 +60,10 @@ class TrainConfig:
     audio_tokens: int = 4096
     use_audio: bool = True
     use_ttt: bool = True
+    new_ttt: bool = False
+    ttt_heads: int = 8
+    ttt_mini_batch: int = 1024
+    ttt_lag: int = 1024
     ttt_update: str | None = None
     cg_iters: int | None = None
     ttt_checkpoint_group: int = 16
@@ -93,14 +100,14 @@ class TrainConfig:
             raise ValueError("config: 'data' is required (official-format JSON/JSONL files)")
         if not self.output_dir:
             raise ValueError("config: 'output_dir' is required")
-        positive = ("fps", "max_frames", "max_pixels", "min_pixels", "video_tokens", "audio_tokens", "epochs",
+        positive = ("ttt_heads", "ttt_mini_batch", "fps", "max_frames", "max_pixels", "min_pixels", "video_tokens", "audio_tokens", "epochs",
                     "grad_accum", "read_tokens", "read_chunk", "logging_steps", "save_steps")
         for name in positive:
             value = getattr(self, name)
             if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
                 raise ValueError(f"config: '{name}' must be > 0, got {value}")
         for name in ("lr", "weight_decay", "max_grad_norm", "omni_lambda", "ttt_checkpoint_group", "ttt_only_steps",
-                     "num_workers", "validate_samples"):
+                     "num_workers", "validate_samples", "ttt_lag"):
             value = getattr(self, name)
             if not value >= 0 or not math.isfinite(value):
                 raise ValueError(f"config: '{name}' must be >= 0, got {value}")

@@ -114,8 +114,11 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model = load_model(cfg.model, device=accelerator.device, dtype=dtype)
+    if cfg.new_ttt:
+        model = _new_ttt(model, cfg, accelerator.device)
     if model.ttt is None and cfg.use_ttt:
-        raise ValueError(f"{cfg.model}: the model has no TTT memory to train (set use_ttt: false)")
+        raise ValueError(f"{cfg.model}: the model has no TTT memory to train (add one with new_ttt: true, or set "
+                         "use_ttt: false)")
     if model.audio is None and cfg.use_audio:
         raise ValueError(f"{cfg.model}: the model has no audio encoder (set use_audio: false)")
     if model.ttt is not None:
@@ -300,6 +303,21 @@ def _progress(accelerator, total: int, start: int):
             bar.close()
 
     return update
+
+
+def _new_ttt(model, cfg: TrainConfig, device):
+    """Add a freshly initialised TTT block (seeded by ``cfg.seed``) to a model that has none."""
+    from ..memory.ttt import TTTConfig, TTTMemory
+
+    if model.ttt is not None:
+        raise ValueError(f"new_ttt: {cfg.model} already has a TTT block (drop new_ttt to fine-tune it)")
+    ttt_cfg = TTTConfig(dim=model.hidden_size, num_heads=cfg.ttt_heads, hidden_mult=1, mini_batch=cfg.ttt_mini_batch,
+                        base_lr=0.1, update=cfg.ttt_update or "hf", cg_iters=3 if cfg.cg_iters is None else cfg.cg_iters,
+                        lag_distance=cfg.ttt_lag, lag_weight=0.1, compat="clean")
+    torch.manual_seed(cfg.seed)
+    model.ttt = TTTMemory(ttt_cfg).to(device=device)
+    model.spec.ttt = ttt_cfg.to_dict()
+    return model
 
 
 def _retarget_ttt(model, cfg: TrainConfig, device):
