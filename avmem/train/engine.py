@@ -78,7 +78,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     Raises:
         ValueError: bad data files or samples, an unreadable model, a resume folder that does not fit.
     """
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
     from accelerate.utils import DistributedType, set_seed
     from torch.utils.data import DataLoader
 
@@ -108,7 +108,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not cuda,
                               log_with=None if cfg.report_to == "none" else cfg.report_to,
-                              project_dir=str(out), kwargs_handlers=[ddp])
+                              project_dir=str(out), kwargs_handlers=[ddp],
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(cfg.seed + accelerator.process_index)
     start_time = time.perf_counter()
 
@@ -213,7 +214,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     progress = _progress(accelerator, total, step)
     module.train()
     while step < total:
-        loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else None
+        loader.set_epoch(epoch)  # the order of epoch e depends on (seed, e) only: resuming replays it
         batches = accelerator.skip_first_batches(loader, done_in_epoch) if done_in_epoch else loader
         done_in_epoch = 0
         for sample in batches:
@@ -261,10 +262,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         (out / "rank_digests.json").write_text(json.dumps(digests, indent=1))
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks ended with different weights: {digests}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
     totals = accelerator.reduce(torch.tensor([seen, skipped], dtype=torch.float64, device=accelerator.device),
                                 reduction="sum")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     module.eval()
     return TrainResult(steps=step, samples=int(totals[0]), skipped=int(totals[1]), losses=losses, output_dir=out,
                        seconds=time.perf_counter() - start_time, is_main=accelerator.is_main_process,

@@ -1,0 +1,215 @@
+"""Training: config validation, loss targets, loss decrease per TTT rule, checkpoints (release layout, reload,
+resume), two-stage schedule, budget-aware mode, skipped samples, and a 2-process DDP run (gloo, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from avmem.cli import app
+from avmem.synth import write_colour_qa_set
+from avmem.train.config import config_from_dict, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "avmem" / "train" / "configs"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_colour_qa_set(tmp_path_factory.mktemp("qa"), 4, seconds=2, size=(48, 48))
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> dict:
+    cfg = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
+    cfg.update(data=[str(data)], output_dir=str(out), max_steps=8, logging_steps=2, save_steps=4)
+    cfg.update(overrides)
+    return cfg
+
+
+def run(cfg: dict):
+    from avmem.train.engine import train
+
+    return train(config_from_dict(cfg))
+
+
+def test_shipped_configs_validate():
+    paper = load_config(CONFIGS / "paper_qwen3vl_8b.yaml")
+    assert (paper.lora.r, paper.lora.alpha, paper.lora.dropout) == (128, 256.0, 0.05)
+    assert paper.lora.targets == ["q_proj", "k_proj", "v_proj"] and paper.lr == 2e-5
+    assert (paper.fps, paper.max_frames, paper.epochs, paper.cg_iters, paper.ttt_update) == (4.0, 1024, 1, 3, "hf")
+    assert load_config(CONFIGS / "omnimem_budget_aware.yaml").reader == "omnimem"
+    for name in ("ddp.yaml", "fsdp.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"):
+        launcher = yaml.safe_load((CONFIGS / name).read_text())
+        assert launcher["distributed_type"] in ("MULTI_GPU", "FSDP", "DEEPSPEED")
+        ds = launcher.get("deepspeed_config", {}).get("deepspeed_config_file")
+        if ds:
+            assert json.loads((CONFIGS / Path(ds).name).read_text())["zero_optimization"]["stage"] in (2, 3)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"bogus": 1}, "unknown key 'bogus'"),
+    ({"lora": {"rank": 4}}, "unknown key 'lora.rank'"),
+    ({"lr": "fast"}, "'lr' must be a number"),
+    ({"max_steps": 0}, "'max_steps' must be > 0"),
+    ({"ttt_update": "adam"}, "'ttt_update' must be one of"),
+    ({"reader": "pd"}, "'reader' must be one of"),
+    ({"lora": {"r": 0}}, "lora needs r > 0"),
+    ({"budget_file": "b.json"}, "only applies with reader: omnimem"),
+    ({"use_audio": "yes"}, "'use_audio' must be true or false"),
+])
+def test_bad_configs_are_named(tmp_path, bad, message):
+    cfg = tiny_config(tmp_path / "d.json", tmp_path / "out", **bad)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config_from_dict(cfg)
+
+
+def test_cli_rejects_bad_input_before_training(tmp_path, data):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(data, tmp_path / "out", warmup="x")))
+    bad = runner.invoke(app, ["train", str(path)])
+    assert bad.exit_code == 2 and "unknown key 'warmup'" in bad.stderr
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"video": "a.mp4", "conversations": [{"from": "human", "value": "<video>\\nQ"}]}\n')
+    path.write_text(yaml.safe_dump(tiny_config(broken, tmp_path / "out")))
+    bad = runner.invoke(app, ["train", str(path)])
+    assert bad.exit_code == 2 and "broken.jsonl:1" in bad.stderr
+    assert not (tmp_path / "out").exists()  # nothing started
+    path.write_text(yaml.safe_dump(tiny_config(data, tmp_path / "out")))
+    ok = runner.invoke(app, ["train", str(path), "--check"])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_conversation_targets_cover_answers_only():
+    from avmem.model import load_model
+    from avmem.session import StreamSession
+    from avmem.train.forward import IGNORE, conversation_tail
+
+    session = StreamSession(load_model("tiny-qwen3-vl"))
+    tok = session.model.backbone.tokens
+    ids, targets = conversation_tail(session, (("What colour?", "Red."), ("And later?", "Blue.")))
+    assert len(ids) == len(targets)
+    predicted = [t for t in targets if t != IGNORE]
+    want = session._text_ids("Red.") + [tok.im_end] + session._text_ids("Blue.") + [tok.im_end]
+    assert predicted == want
+    decoded = session.model.backbone.tokenizer.decode(ids)
+    assert decoded.count("assistant") == 2 and "And later?" in decoded
+
+
+@pytest.mark.parametrize("update", ["hf", "sgd", "muon"])
+def test_loss_decreases_for_each_ttt_rule(tmp_path, data, update):
+    result = run(tiny_config(data, tmp_path / "out", ttt_update=update, max_steps=24, logging_steps=4,
+                             save_steps=100, lr=5e-3))
+    assert result.steps == 24 and result.skipped == 0
+    first, last = result.losses[0], result.losses[-1]
+    assert last < first - 0.1, result.losses
+
+
+def test_checkpoint_is_the_release_layout_and_reloads_with_the_same_loss(tmp_path, data):
+    from avmem.model import load_model
+    from avmem.train.data import VideoQADataset, load_records
+    from avmem.train.forward import TrainableAVMem
+
+    out = tmp_path / "out"
+    result = run(tiny_config(data, out, ttt_update="muon"))
+    tensors = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    lora = [k for k in tensors if ".lora_" in k]
+    assert lora and all(re.fullmatch(r"base_model\.model\.model\.language_model\.layers\.\d+\.self_attn\."
+                                     r"[qkv]_proj\.lora_[AB]\.weight", k) for k in lora)
+    ttt = sorted(set(tensors) - set(lora))
+    assert "base_model.model.model.ttt_gating.gating_alpha" in ttt
+    assert "base_model.model.model.ttt_layers.update.log_step" in ttt  # Muon's learned step
+    assert all(k.startswith("base_model.model.model.ttt_layers.ttt.") for k in ttt
+               if "gating" not in k and "update" not in k)
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["q_proj", "k_proj", "v_proj"]
+    assert config["modules_to_save"] == ["ttt_layers", "ttt_gating"]
+
+    trained = result.model
+    sample = VideoQADataset(load_records([str(data)]), fps=2.0, max_frames=16, max_pixels=4096,
+                            factor=trained.backbone.vision.factor)[0]
+    settings = replace(TrainableAVMem(trained, _settings()).settings)
+    with torch.no_grad():
+        want, n = TrainableAVMem(trained, settings).loss_terms(sample)
+        for folder in (out, out / "checkpoint-8"):
+            loaded = load_model(folder)
+            assert loaded.spec.ttt["update"] == "muon" and loaded.extras["lora_pairs"] == len(lora) // 2
+            got, m = TrainableAVMem(loaded, settings).loss_terms(sample)
+            assert m == n
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _settings():
+    from avmem.session import SessionSettings
+
+    return SessionSettings(video_tokens=256, audio_tokens=64, max_pixels=4096, fps=2.0)
+
+
+def test_resume_continues_from_the_saved_step(tmp_path, data):
+    whole = run(tiny_config(data, tmp_path / "whole"))
+    resumed = run(tiny_config(data, tmp_path / "resumed", resume=str(tmp_path / "whole" / "checkpoint-4")))
+    assert resumed.steps == 8 and resumed.samples == 8
+    assert json.loads((tmp_path / "resumed" / "checkpoint-8" / "trainer_state.json").read_text())["step"] == 8
+    a = load_file(str(tmp_path / "whole" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+    assert whole.losses[-1] == pytest.approx(resumed.losses[-1], rel=1e-4)
+    with pytest.raises(ValueError, match="resume: no checkpoint"):
+        run(tiny_config(data, tmp_path / "empty", resume="latest"))
+
+
+def test_two_stage_schedule_holds_lora_first(tmp_path, data):
+    out = tmp_path / "out"
+    run(tiny_config(data, out, max_steps=3, ttt_only_steps=3))
+    tensors = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert all(float(v.abs().max()) == 0 for k, v in tensors.items() if ".lora_B." in k)  # B starts at 0
+    base = load_file(str(out / "checkpoint-3" / "adapter" / "adapter_model.safetensors"))
+    assert base.keys() == tensors.keys()
+    from avmem.model import load_model
+
+    fresh = load_model("tiny-qwen3-vl").ttt.state_dict()
+    assert not torch.equal(tensors["base_model.model.model.ttt_layers.ttt.W1"], fresh["ttt.W1"])
+
+
+def test_budget_aware_omnimem_training_runs_through_the_compressed_forward(tmp_path, data):
+    result = run(tiny_config(data, tmp_path / "out", reader="omnimem", read_tokens=16, read_chunk=32, max_steps=12,
+                             logging_steps=4, lr=5e-3))
+    assert result.steps == 12 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert result.losses[-1] < result.losses[0]
+
+
+def test_unreadable_sample_is_skipped_and_counted(tmp_path, data):
+    items = json.loads(data.read_text())
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(b"\x00" * 2048)
+    items.append({**items[0], "video": str(bad)})
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps([{**it, "video": str(data.parent / it["video"]) if it["video"] != str(bad)
+                                  else str(bad)} for it in items]))
+    result = run(tiny_config(mixed, tmp_path / "out", max_steps=10, validate_samples=1))
+    assert result.skipped >= 1 and result.steps == 10
+
+
+def test_two_process_ddp_on_cpu(tmp_path, data):
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(data, tmp_path / "out", max_steps=4)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", "-m", "avmem.train", str(cfg)],
+                          capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    digests = json.loads((tmp_path / "out" / "rank_digests.json").read_text())
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert "2 process(es)" in proc.stderr
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
