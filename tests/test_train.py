@@ -171,7 +171,8 @@ def test_resume_continues_from_the_saved_step(tmp_path, data):
 
 def test_two_stage_schedule_holds_lora_first(tmp_path, data):
     out = tmp_path / "out"
-    run(tiny_config(data, out, max_steps=3, ttt_only_steps=3))
+    run(tiny_config(data, out, max_steps=3, ttt_only_steps=3, report_to="tensorboard", logging_steps=1))
+    assert list((out / "logs").rglob("events.out.tfevents.*"))  # loss / lr / skipped curves
     tensors = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert all(float(v.abs().max()) == 0 for k, v in tensors.items() if ".lora_B." in k)  # B starts at 0
     base = load_file(str(out / "checkpoint-3" / "adapter" / "adapter_model.safetensors"))
