@@ -187,8 +187,12 @@ def _with_cg_iters(model: AVMemModel, cg_iters: int | None) -> AVMemModel:
     from .memory.ttt.update import make_update_rule
 
     cfg = replace(model.ttt.cfg, cg_iters=cg_iters)
+    old = model.ttt.update
+    new = make_update_rule(cfg).to(device=model.device, dtype=model.ttt.dtype)
+    if type(new) is type(old):
+        new.load_state_dict(old.state_dict())  # e.g. Muon's learned step survives
     model.ttt.cfg = cfg
-    model.ttt.update = make_update_rule(cfg)
+    model.ttt.update = new
     model.spec.ttt = cfg.to_dict()
     return model
 

@@ -79,8 +79,15 @@ def load_official_release(base: str | Path, adapter: str | Path, cg_iters: int |
                          f"({len(foreign)} in all); other modules_to_save are not supported")
     merged = merge_lora(backbone.model, tensors, adapter_cfg)
 
-    if (adapter / TTT_CONFIG).is_file():
-        ttt_cfg = TTTConfig.from_dict(_read_json(adapter / TTT_CONFIG))
+    recorded = _read_json(adapter / TTT_CONFIG) if (adapter / TTT_CONFIG).is_file() else {}
+    if recorded is None:  # an avmem run trained without a TTT block
+        if any(native_key(k) is not None for k in tensors):
+            raise ValueError(f"{adapter / TTT_CONFIG} says the run had no TTT block, but {weights} holds TTT tensors")
+        spec = ModelSpec(backbone_type=model_type, audio=None if audio_cfg is None else audio_cfg.to_dict())
+        return AVMemModel(backbone=backbone, ttt=None, audio=audio, spec=spec, source=f"{base} + {adapter}",
+                          extras={"lora_pairs": merged})
+    if recorded:
+        ttt_cfg = TTTConfig.from_dict(recorded)
         if cg_iters is not None:
             ttt_cfg = replace(ttt_cfg, cg_iters=cg_iters)
     else:
@@ -91,7 +98,8 @@ def load_official_release(base: str | Path, adapter: str | Path, cg_iters: int |
     if ttt_cfg.dim != hidden:
         raise ValueError(f"{weights}: TTT width {ttt_cfg.dim} does not match the LLM hidden size {hidden}")
     ttt = TTTMemory.from_official_state_dict(tensors, ttt_cfg).to(device=backbone.device, dtype=backbone.dtype)
-    spec = ModelSpec(backbone_type=model_type, ttt=ttt_cfg.to_dict(), audio=audio_cfg.to_dict())
+    spec = ModelSpec(backbone_type=model_type, ttt=ttt_cfg.to_dict(),
+                     audio=None if audio_cfg is None else audio_cfg.to_dict())
     return AVMemModel(backbone=backbone, ttt=ttt, audio=audio, spec=spec, source=f"{base} + {adapter}",
                       extras={"lora_pairs": merged})
 
@@ -118,8 +126,9 @@ def _load_base(base: Path, device, dtype):
     model_type = config.get("model_type")
     if model_type not in BASE_TYPES:
         raise ValueError(f"{base}: a release base is a {' or '.join(BASE_TYPES)} model, got model_type {model_type!r}")
-    if "audio_config" not in config:
-        raise ValueError(f"{base / 'config.json'}: no audio_config (not a video-SALMONN S base folder)")
+    if "audio_config" not in config:  # a video-only base (avmem runs without audio write these)
+        backbone = backbone_class(model_type).from_pretrained(base, need_audio=False, dtype=dtype, device=device)
+        return model_type, backbone, None, None
     backbone = backbone_class(model_type).from_pretrained(base, need_audio=True, dtype=dtype, device=device)
     audio_cfg = AudioEncoderConfig.from_official(config["audio_config"], llm_dim=backbone.hidden_size,
                                                  qformer_config=config.get("qformer_config"))
@@ -134,11 +143,11 @@ def save_release_base(model: AVMemModel, folder: str | Path) -> Path:
     the audio encoder's tensors under ``model.audio.*`` (in ``audio.safetensors``) and ``audio_config`` in
     ``config.json``. Call it before adapters are injected into the backbone."""
     folder = Path(folder)
-    if model.audio is None:
-        raise ValueError("a release base needs an audio encoder; this model has none")
     if any("lora_" in name for name, _ in model.backbone.model.named_parameters()):
         raise ValueError("save_release_base: the backbone already carries LoRA layers")
     model.save_backbone(folder)
+    if model.audio is None:  # video only: a plain Hugging Face folder
+        return folder
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.audio.official_state_dict().items()}
     save_file(tensors, str(folder / "audio.safetensors"), metadata={"format": "pt"})
     config = _read_json(folder / "config.json")
@@ -148,11 +157,12 @@ def save_release_base(model: AVMemModel, folder: str | Path) -> Path:
 
 
 def save_release_adapter(folder: str | Path, lora: dict[str, torch.Tensor], ttt: dict[str, torch.Tensor],
-                         ttt_config: TTTConfig, adapter_config: dict) -> Path:
+                         ttt_config: TTTConfig | None, adapter_config: dict) -> Path:
     """Write a PEFT adapter folder in the release layout (§5.4): LoRA pairs as
     ``base_model.model.<module>.lora_{A,B}.weight``, the TTT block and gate as ``modules_to_save``
     (``base_model.model.model.ttt_layers.ttt.<name>``, ``…ttt_gating.gating_alpha``), ``adapter_config.json``,
-    and ``avmem_ttt.json`` (the TTT configuration, which the release does not record).
+    and ``avmem_ttt.json`` (the TTT configuration, which the release does not record; ``null`` for a run
+    without a TTT block).
 
     ``lora`` maps backbone parameter names (``model.language_model.layers.0.self_attn.q_proj.lora_A.default
     .weight`` as PEFT names them, or without ``.default``) to tensors; ``ttt`` is the TTT layer's state dict
@@ -171,7 +181,7 @@ def save_release_adapter(folder: str | Path, lora: dict[str, torch.Tensor], ttt:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(folder / ADAPTER_WEIGHTS),
               metadata={"format": "pt"})
     (folder / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
-    (folder / TTT_CONFIG).write_text(json.dumps(ttt_config.to_dict(), indent=2))
+    (folder / TTT_CONFIG).write_text(json.dumps(None if ttt_config is None else ttt_config.to_dict(), indent=2))
     return folder
 
 
@@ -236,7 +246,7 @@ def _base_tensors(base: Path, prefix: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path):
     if not path.is_file():
         raise ValueError(f"{path}: missing")
     try:

@@ -99,6 +99,8 @@ def test_conversation_targets_cover_answers_only():
     tok = session.model.backbone.tokens
     ids, targets = conversation_tail(session, (("What colour?", "Red."), ("And later?", "Blue.")))
     assert len(ids) == len(targets)
+    rows = [i for i, t in enumerate(targets) if t != IGNORE]
+    assert all(targets[i] == ids[i + 1] for i in rows)  # row i predicts the next token
     predicted = [t for t in targets if t != IGNORE]
     want = session._text_ids("Red.") + [tok.im_end] + session._text_ids("Blue.") + [tok.im_end]
     assert predicted == want
@@ -155,39 +157,74 @@ def _settings():
     return SessionSettings(video_tokens=256, audio_tokens=64, max_pixels=4096, fps=2.0)
 
 
-def test_resume_continues_from_the_saved_step(tmp_path, data):
-    whole = run(tiny_config(data, tmp_path / "whole"))
-    resumed = run(tiny_config(data, tmp_path / "resumed", resume=str(tmp_path / "whole" / "checkpoint-4")))
-    assert resumed.steps == 8 and resumed.samples == 8
-    assert json.loads((tmp_path / "resumed" / "checkpoint-8" / "trainer_state.json").read_text())["step"] == 8
+@pytest.mark.parametrize("accum, at", [(1, 4), (3, 1)])
+def test_resume_continues_from_the_saved_step(tmp_path, data, accum, at):
+    """Resumed at an epoch boundary (accum 1, step 4 of 4-sample epochs) and mid-epoch (accum 3, step 1): the
+    run ends with the same weights as an uninterrupted one."""
+    steps = 8 if accum == 1 else 4
+    whole = run(tiny_config(data, tmp_path / "whole", grad_accum=accum, max_steps=steps, save_steps=at))
+    resumed = run(tiny_config(data, tmp_path / "resumed", grad_accum=accum, max_steps=steps, save_steps=at,
+                              resume=str(tmp_path / "whole" / f"checkpoint-{at}")))
+    assert resumed.steps == steps and resumed.samples == whole.samples
+    state = json.loads((tmp_path / "resumed" / f"checkpoint-{steps}" / "trainer_state.json").read_text())
+    assert state["step"] == steps
     a = load_file(str(tmp_path / "whole" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors"))
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
     assert whole.losses[-1] == pytest.approx(resumed.losses[-1], rel=1e-4)
+
+
+def test_resume_and_output_dir_mistakes_are_named(tmp_path, data):
+    run(tiny_config(data, tmp_path / "a", max_steps=2, save_steps=1))
+    with pytest.raises(ValueError, match="already holds a training run"):
+        run(tiny_config(data, tmp_path / "a", max_steps=2))
+    with pytest.raises(ValueError, match="resume: .* was trained with"):
+        run(tiny_config(data, tmp_path / "b", lora={"r": 4, "alpha": 8, "dropout": 0.0},
+                        resume=str(tmp_path / "a" / "checkpoint-1")))
     with pytest.raises(ValueError, match="resume: no checkpoint"):
         run(tiny_config(data, tmp_path / "empty", resume="latest"))
+    with pytest.raises(ValueError, match="'gate_proj' is not an attention projection"):
+        run(tiny_config(data, tmp_path / "c", lora={"r": 4, "alpha": 8, "targets": ["q_proj", "gate_proj"]}))
+    with pytest.raises(ValueError, match="LoRA would never train"):
+        run(tiny_config(data, tmp_path / "d", max_steps=2, ttt_only_steps=2))
+
+
+def test_lora_only_run_saves_and_reloads_without_ttt(tmp_path, data):
+    from avmem.model import load_model
+
+    out = tmp_path / "out"
+    result = run(tiny_config(data, out, use_ttt=False, use_audio=False, max_steps=4))
+    assert result.steps == 4
+    assert json.loads((out / "adapter" / "avmem_ttt.json").read_text()) is None
+    assert all(".lora_" in k for k in load_file(str(out / "adapter" / "adapter_model.safetensors")))
+    loaded = load_model(out)
+    assert loaded.ttt is None and loaded.extras["lora_pairs"] > 0
 
 
 def test_two_stage_schedule_holds_lora_first(tmp_path, data):
     out = tmp_path / "out"
-    run(tiny_config(data, out, max_steps=3, ttt_only_steps=3, report_to="tensorboard", logging_steps=1))
+    run(tiny_config(data, out, max_steps=6, ttt_only_steps=3, save_steps=3, report_to="tensorboard",
+                    logging_steps=1))
     assert list((out / "logs").rglob("events.out.tfevents.*"))  # loss / lr / skipped curves
-    tensors = load_file(str(out / "adapter" / "adapter_model.safetensors"))
-    assert all(float(v.abs().max()) == 0 for k, v in tensors.items() if ".lora_B." in k)  # B starts at 0
-    base = load_file(str(out / "checkpoint-3" / "adapter" / "adapter_model.safetensors"))
-    assert base.keys() == tensors.keys()
+    stage1 = load_file(str(out / "checkpoint-3" / "adapter" / "adapter_model.safetensors"))
+    final = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    lora_b = [k for k in final if ".lora_B." in k]
+    assert all(float(stage1[k].abs().max()) == 0 for k in lora_b)  # B starts at 0 and was held
+    assert all(float(final[k].abs().max()) > 0 for k in lora_b)  # then trained
     from avmem.model import load_model
 
     fresh = load_model("tiny-qwen3-vl").ttt.state_dict()
-    assert not torch.equal(tensors["base_model.model.model.ttt_layers.ttt.W1"], fresh["ttt.W1"])
+    assert not torch.equal(stage1["base_model.model.model.ttt_layers.ttt.W1"], fresh["ttt.W1"])
 
 
 def test_budget_aware_omnimem_training_runs_through_the_compressed_forward(tmp_path, data):
-    result = run(tiny_config(data, tmp_path / "out", reader="omnimem", read_tokens=16, read_chunk=32, max_steps=12,
+    result = run(tiny_config(data, tmp_path / "out", reader="omnimem", read_tokens=4, read_chunk=16, max_steps=12,
                              logging_steps=4, lr=5e-3))
     assert result.steps == 12 and all(torch.isfinite(torch.tensor(result.losses)))
     assert result.losses[-1] < result.losses[0]
+    full = run(tiny_config(data, tmp_path / "full", max_steps=4, logging_steps=4, lr=5e-3))
+    assert abs(full.losses[0] - result.losses[0]) > 1e-4  # the budget binds: a different forward
 
 
 def test_unreadable_sample_is_skipped_and_counted(tmp_path, data):
@@ -204,13 +241,27 @@ def test_unreadable_sample_is_skipped_and_counted(tmp_path, data):
 
 def test_two_process_ddp_on_cpu(tmp_path, data):
     cfg = tmp_path / "ddp.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config(data, tmp_path / "out", max_steps=4)))
+    cfg.write_text(yaml.safe_dump(tiny_config(data, tmp_path / "out", max_steps=2)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", "29517", "-m", "avmem.train", str(cfg)],
                           capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    digests = json.loads((tmp_path / "out" / "rank_digests.json").read_text())
-    assert len(digests) == 2 and digests[0] == digests[1]
+    ranks = json.loads((tmp_path / "out" / "ranks.json").read_text())
+    assert len(ranks) == 2 and ranks[0]["digest"] == ranks[1]["digest"]
+    seen = [set(r["samples"]) for r in ranks]
+    assert len(seen[0]) == len(seen[1]) == 2 and not seen[0] & seen[1]  # 4 samples split between the ranks
     assert "2 process(es)" in proc.stderr
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_changing_cg_iters_keeps_learned_update_state():
+    from avmem.model import _with_cg_iters, load_model
+    from avmem.train.engine import _retarget_ttt
+
+    model = load_model("tiny-qwen3-vl")
+    model = _retarget_ttt(model, type("C", (), {"ttt_update": "muon", "ttt_checkpoint_group": 0})(), "cpu")
+    with torch.no_grad():
+        model.ttt.update.log_step.fill_(-1.25)
+    model = _with_cg_iters(model, 5)
+    assert model.ttt.cfg.cg_iters == 5 and torch.all(model.ttt.update.log_step == -1.25)

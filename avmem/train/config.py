@@ -119,6 +119,11 @@ class TrainConfig:
             raise ValueError(f"config: 'max_steps' must be > 0, got {self.max_steps}")
         if self.cg_iters is not None and self.cg_iters < 0:
             raise ValueError(f"config: 'cg_iters' must be >= 0, got {self.cg_iters}")
+        if self.fps > 30:
+            raise ValueError(f"config: 'fps' must be <= 30, got {self.fps}")
+        if self.reader == "omnimem" and self.gradient_checkpointing:
+            raise ValueError("config: gradient_checkpointing does not work with reader: omnimem (the compressed "
+                             "forward needs the per-layer KV cache, which checkpointed layers do not keep)")
         if self.min_pixels > self.max_pixels:
             raise ValueError(f"config: min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
         for name, allowed in (("ttt_update", UPDATES), ("reader", READERS), ("precision", PRECISIONS),
@@ -170,9 +175,9 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
     raise AssertionError(f"unhandled config type {kind} for {key}")
 
 
-def config_from_dict(data: dict, base_dir: Path | None = None) -> TrainConfig:
-    """Build and check a :class:`TrainConfig`; relative ``data`` / ``output_dir`` / ``budget_file`` paths are
-    resolved against ``base_dir`` (the YAML file's folder)."""
+def config_from_dict(data: dict) -> TrainConfig:
+    """Build and check a :class:`TrainConfig`. Relative paths (model, data, output_dir, budget_file, resume) are
+    relative to the working directory, as for every other avmem command."""
     if not isinstance(data, dict):
         raise ValueError("config: the file must hold a mapping of keys to values")
     known = {f.name: f for f in fields(TrainConfig)}
@@ -186,15 +191,6 @@ def config_from_dict(data: dict, base_dir: Path | None = None) -> TrainConfig:
         else:
             values[key] = _coerce(key, value, known[key].type)
     cfg = TrainConfig(**values)
-    if base_dir is not None:
-        def resolve(p: str) -> str:
-            return p if "://" in p or Path(p).is_absolute() else str(base_dir / p)
-
-        cfg.data = [resolve(p) for p in cfg.data]
-        if cfg.output_dir:
-            cfg.output_dir = resolve(cfg.output_dir)
-        if cfg.budget_file:
-            cfg.budget_file = resolve(cfg.budget_file)
     cfg.check()
     return cfg
 
@@ -221,6 +217,6 @@ def load_config(path: str | Path) -> TrainConfig:
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     try:
-        return config_from_dict(data if data is not None else {}, base_dir=path.parent)
+        return config_from_dict(data if data is not None else {})
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None

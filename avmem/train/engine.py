@@ -84,11 +84,10 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     from ..memory.kv.omnimem import OmniMemPolicy
     from ..model import _with_cg_iters, load_model
-    from ..official_release import save_release_adapter, save_release_base
     from ..session import SessionSettings
-    from .data import VideoQADataset, check_media, collate_single, load_records
+    from .data import Skipped, VideoQADataset, check_media, collate_single, load_records
     from .forward import TrainableAVMem
-    from .lora import add_lora, lora_state
+    from .lora import add_lora
 
     cfg.check()
     out = Path(cfg.output_dir)
@@ -98,6 +97,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         if resume_dir is None or not (resume_dir / STATE_FILE).is_file():
             raise ValueError(f"resume: no checkpoint with {STATE_FILE} in "
                              f"{out if cfg.resume == 'latest' else cfg.resume}")
+    elif latest_checkpoint(out) is not None:
+        raise ValueError(f"{out} already holds a training run: resume it (--resume latest) or choose another "
+                         "output_dir")
     records = load_records(cfg.data)
     check_media(records, cfg.validate_samples)
 
@@ -109,8 +111,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not cuda,
                               log_with=None if cfg.report_to == "none" else cfg.report_to,
                               project_dir=str(out), kwargs_handlers=[ddp],
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-    set_seed(cfg.seed + accelerator.process_index)
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
+                                                                        data_seed=cfg.seed))
+    set_seed(cfg.seed)  # every rank builds the same initial adapters and TTT block
     start_time = time.perf_counter()
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -122,15 +125,20 @@ def train(cfg: TrainConfig) -> TrainResult:
                          "use_ttt: false)")
     if model.audio is None and cfg.use_audio:
         raise ValueError(f"{cfg.model}: the model has no audio encoder (set use_audio: false)")
+    if not cfg.use_ttt:
+        model.ttt = None
+        model.spec.ttt = None
     if model.ttt is not None:
         model = _retarget_ttt(model, cfg, accelerator.device)
         model = _with_cg_iters(model, cfg.cg_iters)
-    if accelerator.is_main_process and not (out / "base" / "config.json").is_file():
-        save_release_base(model, out / "base")
-    accelerator.wait_for_everyone()
+    settings = SessionSettings(fps=cfg.fps, max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels,
+                               video_tokens=cfg.video_tokens, audio_tokens=cfg.audio_tokens,
+                               use_audio=cfg.use_audio, use_ttt=cfg.use_ttt)
+    settings.check(model)
+    _prepare_base(accelerator, model, cfg, out)
     adapter_config = add_lora(model, cfg.lora)
     if model.ttt is not None:
-        model.ttt.float().requires_grad_(cfg.use_ttt)
+        model.ttt.float().requires_grad_(True)
     for p in model.backbone.model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
@@ -141,10 +149,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     model.backbone.model.train()
     model.backbone.model.model.visual.eval()
 
-    settings = SessionSettings(fps=cfg.fps, max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels,
-                               video_tokens=cfg.video_tokens, audio_tokens=cfg.audio_tokens,
-                               use_audio=cfg.use_audio, use_ttt=cfg.use_ttt)
-    settings.check(model)
     policy = None
     if cfg.reader == "omnimem":
         budgets = replace(settings, reader="omnimem", budget_file=cfg.budget_file,
@@ -152,8 +156,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         policy = OmniMemPolicy(budgets, cfg.read_chunk, cfg.omni_lambda)
     module = TrainableAVMem(model, settings, policy)
     groups = module.trainable_parameters()
-    if not groups["ttt"] and not groups["lora"]:
-        raise ValueError("nothing to train")
     optimizer = torch.optim.AdamW(
         [{"params": groups["ttt"], "lr": cfg.ttt_lr if cfg.ttt_lr is not None else cfg.lr},
          {"params": groups["lora"], "lr": cfg.lr}], weight_decay=cfg.weight_decay)
@@ -161,31 +163,44 @@ def train(cfg: TrainConfig) -> TrainResult:
     dataset = VideoQADataset(records, fps=cfg.fps, max_frames=cfg.max_frames, max_pixels=cfg.max_pixels,
                              min_pixels=cfg.min_pixels, factor=model.backbone.vision.factor)
     loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=cfg.num_workers,
-                        collate_fn=collate_single, generator=torch.Generator().manual_seed(cfg.seed))
+                        collate_fn=collate_single)
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     per_epoch = math.ceil(len(loader) / cfg.grad_accum)
     total = cfg.max_steps or per_epoch * cfg.epochs
+    if cfg.ttt_only_steps >= total and groups["lora"]:
+        raise ValueError(f"ttt_only_steps ({cfg.ttt_only_steps}) >= the run's {total} steps: LoRA would never train")
     warmup = int(cfg.warmup_ratio * max(1, total - cfg.ttt_only_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
         [_lr_lambda(total, warmup), _lr_lambda(total, warmup, hold=cfg.ttt_only_steps)])
+    fingerprint = _fingerprint(cfg, model)
 
     step, skipped, seen, epoch, done_in_epoch = 0, 0, 0, 0, 0
-    engine_state = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
     if resume_dir is not None:
         state = json.loads((resume_dir / STATE_FILE).read_text())
-        _load_trainables(accelerator.unwrap_model(module), resume_dir / "adapter")
-        if engine_state:
+        if state.get("fingerprint") != fingerprint:
+            raise ValueError(f"resume: {resume_dir} was trained with {state.get('fingerprint')}, this run is "
+                             f"{fingerprint}")
+        if sharded:
             accelerator.load_state(str(resume_dir / "engine"))
         else:
+            _load_trainables(accelerator.unwrap_model(module), resume_dir / "adapter")
             optimizer.load_state_dict(torch.load(resume_dir / "optimizer.pt", map_location="cpu", weights_only=True))
         scheduler.load_state_dict(torch.load(resume_dir / "scheduler.pt", map_location="cpu", weights_only=True))
         rng = resume_dir / f"rng_state_{accelerator.process_index}.pt"
         if rng.is_file():
-            torch.set_rng_state(torch.load(rng, weights_only=True))
-        step, skipped, seen = state["step"], state["skipped"], state["samples"]
-        epoch, done_in_epoch = divmod(step * cfg.grad_accum, len(loader))
+            states = torch.load(rng, weights_only=True)
+            torch.set_rng_state(states["cpu"])
+            if cuda and "cuda" in states:
+                torch.cuda.set_rng_state(states["cuda"])
+        step = state["step"]
+        seen, skipped = state["samples"][accelerator.process_index], state["skipped"][accelerator.process_index]
+        epoch, k = divmod(step, per_epoch)
+        done_in_epoch = min(k * cfg.grad_accum, len(loader))
         _log(accelerator, f"resumed from {resume_dir} at step {step}")
+    if resume_dir is None:
+        set_seed(cfg.seed + accelerator.process_index)  # per-rank dropout; a resumed run restored its RNG above
 
     if accelerator.is_main_process and cfg.report_to != "none":
         accelerator.init_trackers("logs", config={k: v for k, v in vars(cfg).items()
@@ -193,24 +208,33 @@ def train(cfg: TrainConfig) -> TrainResult:
     _log(accelerator, f"{len(records)} samples, {accelerator.num_processes} process(es) on {accelerator.device}, "
                       f"{sum(p.numel() for g in groups.values() for p in g):,} trainable parameters, {total} steps")
 
-    def save(folder: Path) -> None:
+    def save(folder: Path) -> dict:
+        """Checkpoint (collective: every rank calls it); returns the full state dict on the main rank."""
+        _mkdir(folder)
         state_dict = accelerator.get_state_dict(module)
-        if engine_state:
+        if sharded:
             accelerator.save_state(str(folder / "engine"))
+        counts = accelerator.gather(torch.tensor([[seen, skipped]], dtype=torch.long, device=accelerator.device))
         if accelerator.is_main_process:
-            _write_adapter(folder / "adapter", state_dict, model, adapter_config, save_release_adapter, lora_state)
+            _write_adapter(folder / "adapter", state_dict, model, adapter_config)
             if folder != out and not (folder / "base").exists():
                 os.symlink("../base", folder / "base")
-            if not engine_state:
+            if not sharded:
                 torch.save(optimizer.state_dict(), folder / "optimizer.pt")
             torch.save(scheduler.state_dict(), folder / "scheduler.pt")
             (folder / STATE_FILE).write_text(json.dumps(
-                {"step": step, "samples": seen, "skipped": skipped, "epoch": epoch}, indent=2))
-        torch.save(torch.get_rng_state(), _mkdir(folder) / f"rng_state_{accelerator.process_index}.pt")
+                {"step": step, "epoch": epoch, "samples": counts[:, 0].tolist(), "skipped": counts[:, 1].tolist(),
+                 "fingerprint": fingerprint}, indent=2))
+        rng_states = {"cpu": torch.get_rng_state()}
+        if cuda:
+            rng_states["cuda"] = torch.cuda.get_rng_state()
+        torch.save(rng_states, folder / f"rng_state_{accelerator.process_index}.pt")
         accelerator.wait_for_everyone()
+        return state_dict
 
     losses: list[float] = []
     window: list[float] = []
+    trained_on: list[str] = []
     progress = _progress(accelerator, total, step)
     module.train()
     while step < total:
@@ -219,19 +243,20 @@ def train(cfg: TrainConfig) -> TrainResult:
         done_in_epoch = 0
         for sample in batches:
             with accelerator.accumulate(module):
-                from .data import Skipped
-
-                if isinstance(sample, Skipped):
+                loss, reason = _step_loss(module, sample)
+                if reason is not None:
                     skipped += 1
-                    _log(accelerator, f"skipped {sample.source}: {sample.reason}")
-                loss = module(sample)
+                    print(f"avmem train: rank {accelerator.process_index}: skipped {sample.source}: {reason}",
+                          file=sys.stderr, flush=True)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             seen += 1
-            if not isinstance(sample, Skipped):
+            if len(trained_on) < 1000:
+                trained_on.append(sample.source)
+            if reason is None:
                 window.append(float(loss.detach()))
             if not accelerator.sync_gradients:
                 continue
@@ -249,18 +274,18 @@ def train(cfg: TrainConfig) -> TrainResult:
                 accelerator.log({"loss": mean, "lr": lrs[1], "lr_ttt": lrs[0], "skipped": float(agg[2])}, step=step)
                 _log(accelerator, f"step {step}/{total} loss {mean:.4f} lr {lrs[1]:.2e} skipped {int(agg[2])}")
             if step % cfg.save_steps == 0 and step < total:
-                save(_mkdir(out / f"checkpoint-{step}"))
+                save(out / f"checkpoint-{step}")
             if step >= total:
                 break
         epoch += 1
-    save(_mkdir(out / f"checkpoint-{step}"))
+    final = save(out / f"checkpoint-{step}")
     if accelerator.is_main_process:
-        _write_adapter(out / "adapter", accelerator.get_state_dict(module), model, adapter_config,
-                       save_release_adapter, lora_state)
-    digests = _rank_digests(accelerator, groups)
+        _write_adapter(out / "adapter", final, model, adapter_config)
+    ranks = _rank_report(accelerator, groups, trained_on, sharded)
     if accelerator.is_main_process:
-        (out / "rank_digests.json").write_text(json.dumps(digests, indent=1))
-    if len(set(digests)) != 1:
+        (out / "ranks.json").write_text(json.dumps(ranks, indent=1))
+    digests = [r["digest"] for r in ranks if r["digest"] is not None]
+    if len(set(digests)) > 1:
         raise RuntimeError(f"ranks ended with different weights: {digests}")
     totals = accelerator.reduce(torch.tensor([seen, skipped], dtype=torch.float64, device=accelerator.device),
                                 reduction="sum")
@@ -272,17 +297,59 @@ def train(cfg: TrainConfig) -> TrainResult:
                        rank_digests=digests, model=model)
 
 
-def _rank_digests(accelerator, groups: dict) -> list[str]:
-    """SHA-256 of every rank's trainable weights (bitwise), gathered: replicas must agree after training."""
+def _step_loss(module, sample) -> tuple[torch.Tensor, str | None]:
+    """The sample's loss, or (a zero touching every trainable parameter, why) for a sample that cannot be used:
+    undecodable, or rejected by the pipeline (e.g. no frames in its window). Every rank still joins the step."""
+    from .data import Skipped
+
+    inner = getattr(module, "module", module)
+    if isinstance(sample, Skipped):
+        return inner.zero_loss(), sample.reason
+    try:
+        return module(sample), None
+    except ValueError as exc:
+        return inner.zero_loss(), str(exc).splitlines()[0]
+
+
+def _fingerprint(cfg: TrainConfig, model) -> dict:
+    """What a checkpoint must agree on to be resumed: adapters, TTT configuration, data files."""
+    return {"lora": vars(cfg.lora) | {"targets": list(cfg.lora.targets)},
+            "ttt": None if model.ttt is None else model.ttt.cfg.to_dict(), "data": list(cfg.data),
+            "grad_accum": cfg.grad_accum, "seed": cfg.seed}
+
+
+def _prepare_base(accelerator, model, cfg: TrainConfig, out: Path) -> None:
+    """Write ``OUT/base`` once (main rank); an existing one must come from the same model."""
+    from ..official_release import save_release_base
+
+    marker = out / "base" / "avmem_source.json"
+    if accelerator.is_main_process:
+        if marker.is_file():
+            source = json.loads(marker.read_text()).get("model")
+            if source != cfg.model:
+                raise ValueError(f"{out / 'base'} was written from {source!r}, not {cfg.model!r}: use another "
+                                 "output_dir")
+        else:
+            save_release_base(model, out / "base")
+            marker.write_text(json.dumps({"model": cfg.model}))
+    accelerator.wait_for_everyone()
+
+
+def _rank_report(accelerator, groups: dict, trained_on: list[str], sharded: bool) -> list[dict]:
+    """Per rank: SHA-256 of its trainable weights (bitwise; replicas must agree; None when sharded, where each
+    rank holds its own shard) and the first samples it trained on (the data split)."""
     import hashlib
 
     from accelerate.utils import gather_object
 
-    h = hashlib.sha256()
-    for name in sorted(groups):
-        for p in groups[name]:
-            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return list(gather_object([h.hexdigest()]))
+    digest = None
+    if not sharded:
+        h = hashlib.sha256()
+        for name in sorted(groups):
+            for p in groups[name]:
+                h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+        digest = h.hexdigest()
+    return list(gather_object([{"rank": accelerator.process_index, "digest": digest, "samples": trained_on}]))
 
 
 def _mkdir(path: Path) -> Path:
@@ -338,31 +405,45 @@ def _retarget_ttt(model, cfg: TrainConfig, device):
     return model
 
 
-def _write_adapter(folder: Path, state_dict: dict, model, adapter_config: dict, save_release_adapter,
-                   lora_state) -> None:
+def _write_adapter(folder: Path, state_dict: dict, model, adapter_config: dict) -> None:
     """Split the training module's state dict (``llm.*``, ``ttt.*``) into the release adapter."""
+    from ..official_release import save_release_adapter
+    from .lora import lora_state
+
     lora = {k[len("llm."):]: v for k, v in lora_state(state_dict).items() if k.startswith("llm.")}
     ttt_tensors = {k[len("ttt."):]: v for k, v in state_dict.items() if k.startswith("ttt.")}
-    save_release_adapter(folder, lora, ttt_tensors, model.ttt.cfg, adapter_config)
+    save_release_adapter(folder, lora, ttt_tensors, None if model.ttt is None else model.ttt.cfg, adapter_config)
 
 
 def _load_trainables(module, adapter: Path) -> None:
-    """Put a saved adapter's LoRA and TTT tensors back into the training module (resume)."""
+    """Put a saved adapter's LoRA and TTT tensors back into the training module (resume).
+
+    Raises:
+        ValueError: a tensor this module does not have, has in another shape, or lacks.
+    """
     from safetensors.torch import load_file
 
     from ..memory.ttt.official import native_key
     from ..official_release import ADAPTER_WEIGHTS
 
     tensors = load_file(str(adapter / ADAPTER_WEIGHTS))
-    params = dict(module.llm.named_parameters())
+    params = {n: p for n, p in module.llm.named_parameters() if "lora_" in n}
+    loaded = set()
     for key, value in tensors.items():
         m = re.match(r"^base_model\.model\.(.+)\.lora_([AB])\.weight$", key)
-        if m:
-            name = f"{m.group(1)}.lora_{m.group(2)}.default.weight"
-            if name not in params:
-                raise ValueError(f"resume: the adapter's '{key}' has no LoRA parameter here (different lora config?)")
-            with torch.no_grad():
-                params[name].copy_(value)
-    ttt = {native_key(k): v for k, v in tensors.items() if native_key(k) is not None}
+        if not m:
+            continue
+        name = f"{m.group(1)}.lora_{m.group(2)}.default.weight"
+        if name not in params or params[name].shape != value.shape:
+            raise ValueError(f"resume: the adapter's '{key}' {list(value.shape)} does not fit this run's LoRA")
+        with torch.no_grad():
+            params[name].copy_(value)
+        loaded.add(name)
+    if loaded != set(params):
+        raise ValueError(f"resume: the adapter lacks {len(set(params) - loaded)} LoRA tensors of this run")
     if module.ttt is not None:
-        module.ttt.load_state_dict({k: v.to(module.ttt.dtype) for k, v in ttt.items()})
+        ttt = {native_key(k): v for k, v in tensors.items() if native_key(k) is not None}
+        own = module.ttt.state_dict()
+        if set(ttt) != set(own) or any(ttt[k].shape != own[k].shape for k in own):
+            raise ValueError("resume: the adapter's TTT tensors do not match this run's TTT block")
+        module.ttt.load_state_dict({k: v.to(own[k].dtype) for k, v in ttt.items()})

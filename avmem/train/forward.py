@@ -98,7 +98,7 @@ class TrainableAVMem(nn.Module):
         session.trainable = True
         if len(times):
             session.feed(frames=list(sample.frames), t=[float(t) for t in times])
-        if sample.audio is not None and session.settings.use_audio:
+        if sample.audio is not None and len(sample.audio) and session.settings.use_audio:
             session.feed(audio=sample.audio, audio_t=float(sample.audio_start))
         st = session._flushed()
         tail, tail_targets = conversation_tail(session, sample.turns)

@@ -24,8 +24,10 @@ def add_lora(model: AVMemModel, settings: LoraSettings) -> dict:
     names = "|".join(settings.targets)
     pattern = rf"model\.language_model\.layers\.\d+\.self_attn\.({names})"
     found = [n for n, _ in llm.named_modules() if _fullmatch(pattern, n)]
-    if not found:
-        raise ValueError(f"lora.targets {settings.targets} match no attention projection of the language model")
+    for target in settings.targets:
+        if not any(n.endswith("." + target) for n in found):
+            raise ValueError(f"lora.targets: '{target}' is not an attention projection of the language model's "
+                             f"layers (have e.g. q_proj, k_proj, v_proj, o_proj)")
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=pattern, bias="none")
     for p in llm.parameters():
