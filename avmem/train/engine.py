@@ -8,6 +8,7 @@ Output folder (loads with :func:`avmem.load_model`, like the official release)::
     OUT/checkpoint-N/adapter/  the adapter at step N, and base -> ../base
     OUT/checkpoint-N/          trainer_state.json, optimizer.pt, scheduler.pt, rng_state_R.pt (resume)
     OUT/logs/                  tensorboard events (loss, lr, skipped samples)
+    OUT/ranks.json             per rank: digest of the trained weights, first samples trained on
 """
 
 from __future__ import annotations
