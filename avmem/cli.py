@@ -446,6 +446,37 @@ def budgets_show(
 
 @app.command()
 @user_errors
+def synth(
+    out: str = typer.Argument(..., help="Output folder (videos/ and the annotation JSON files)."),
+    split: str = typer.Option("test", help="Split name (train / val / test): part of every video's seed."),
+    videos: int = typer.Option(10, help="Number of videos."),
+    min_seconds: int = typer.Option(60, help="Shortest video (>= 30 s)."),
+    max_seconds: int = typer.Option(600, help="Longest video (<= 3 h)."),
+    size: int = typer.Option(160, help="Frame side in pixels (square frames)."),
+    fps: int = typer.Option(2, help="Frame rate of the written files."),
+    questions: int = typer.Option(6, help="Questions per video."),
+    seed: int = typer.Option(0, help="Benchmark seed."),
+    speech: bool = typer.Option(False, "--speech", help="Spoken words (espeak-ng) instead of beeps and chirps."),
+) -> None:
+    """Write a synthetic long-video benchmark with known answers (Video-MME-like JSON + training JSON)."""
+    from rich.progress import Progress
+
+    from .synth.benchmark import generate
+
+    if size % 2:
+        raise ValueError(f"--size must be even, got {size}")
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"writing {split}", total=videos)
+        made = generate(out, split, videos, (min_seconds, max_seconds), (size, size), fps, seed, questions, speech,
+                        progress=lambda done, total: bar.update(task, completed=done))
+    n_q = sum(len(v.questions) for v in made)
+    hours = sum(v.timeline.seconds for v in made) / 3600
+    console.print(f"{len(made)} videos ({hours:.2f} h), {n_q} questions -> {out}/{split}.json, "
+                  f"{out}/{split}_train.json, {out}/{split}_events.json")
+
+
+@app.command()
+@user_errors
 def train(
     config: str = typer.Argument(..., help="Training config (YAML); examples in avmem/train/configs/."),
     resume: str = typer.Option(None, "--resume", help="Continue from 'latest' or a checkpoint-N folder."),
