@@ -444,6 +444,48 @@ def budgets_show(
     console.print(table)
 
 
+@app.command("eval")
+@user_errors
+def eval_mcq(
+    annotations: str = typer.Argument(..., help="Video-MME-like annotations (e.g. OUT/test.json of avmem synth)."),
+    model: str = MODEL_OPT,
+    method: str = typer.Option("likelihood", help="likelihood (rate the option letters) or generate."),
+    fps: float = FPS_OPT,
+    max_pixels: int = MAX_PIXELS_OPT,
+    video_tokens: int = VIDEO_TOKENS_OPT,
+    audio_tokens: int = AUDIO_TOKENS_OPT,
+    no_audio: bool = NO_AUDIO_OPT,
+    no_ttt: bool = NO_TTT_OPT,
+    reader: str = READER_OPT,
+    read_tokens: int = READ_TOKENS_OPT,
+    max_videos: int = typer.Option(None, help="Only the first N videos."),
+    device: str = typer.Option("cpu", help="torch device."),
+    json_out: str = typer.Option(None, "--json", help="Also write every answer and the summary to this file."),
+) -> None:
+    """Multiple-choice accuracy (with 95 % bootstrap intervals), overall, per task and inside / outside memory."""
+    from .eval.mcq import evaluate_mcq, results_to_json, summarize
+
+    _, session = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
+                              audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=None,
+                              device=device, max_new_tokens=8, reader=reader, read_tokens=read_tokens)
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("evaluating", total=None)
+        results = evaluate_mcq(session.model, annotations, session.settings, method, max_videos,
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+    summary = summarize(results)
+    table = Table(title=f"{len(results)} questions, {method}")
+    for col in ("group", "n", "accuracy", "95% CI"):
+        table.add_column(col)
+    for name, row in summary.items():
+        table.add_row(name, str(row["n"]), f"{row['accuracy']:.3f}", f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]")
+    console.print(table)
+    if json_out:
+        with open(json_out, "w") as fh:
+            json.dump({"summary": summary, "results": results_to_json(results)}, fh, indent=1)
+
+
 @app.command()
 @user_errors
 def synth(

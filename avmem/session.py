@@ -453,17 +453,41 @@ class StreamSession:
     @torch.no_grad()
     def ask(self, question: str, max_new_tokens: int | None = None) -> str:
         """Answer ``question`` from the memory (greedy decoding)."""
+        cache, logits, next_position = self._answer_start(question)
+        limit = max_new_tokens or self.settings.max_new_tokens
+        out = self.model.backbone.decode(cache, logits, next_position, limit)
+        return self.model.backbone.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+    @torch.no_grad()
+    def choose(self, question: str, options: list[str]) -> tuple[int, list[float]]:
+        """Multiple choice by likelihood: the index of the option whose first answer token the model rates
+        highest right after ``question`` (e.g. options "A".."D" after a Video-MME prompt), and the log
+        probabilities of those tokens. Options must start with different tokens."""
+        if len(options) < 2:
+            raise ValueError("choose: give at least two options")
+        ids = [self._text_ids(o) for o in options]
+        first = [i[0] if i else None for i in ids]
+        if None in first or len(set(first)) != len(first):
+            raise ValueError(f"choose: options must be non-empty and start with different tokens, got {options}")
+        _, logits, _ = self._answer_start(question)
+        logp = torch.log_softmax(logits.float(), dim=-1)[first].tolist()
+        return max(range(len(options)), key=lambda k: logp[k]), logp
+
+    @torch.no_grad()
+    def _answer_start(self, question: str):
+        """Run the memory and ``question`` through the session's reader: (cache, first answer logits, next
+        position)."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("ask: the question must be a non-empty string")
         st = self._flushed()
         if len(st.patches) == 0 and st.audio is None:
             raise ValueError("ask: nothing has been fed yet")
         embeds, positions, visual_mask, deepstack, selectable, n_query = self._prompt(st, self._question_tail(question))
-        limit = max_new_tokens or self.settings.max_new_tokens
         bb = self.model.backbone
         settings = self.settings
         cut = embeds.shape[0] - n_query
         vis = None if deepstack is None else visual_mask[:cut]
+        self._questions += 1
         if settings.reader in ("pd", "snapkv") and int(selectable.sum()) > settings.read_tokens:
             from .memory.kv.reader import PromptDependentReader
 
@@ -473,8 +497,8 @@ class StreamSession:
                 reader = PromptDependentReader(settings.read_chunk, settings.read_tokens, joint=False, pool=7)
             result = reader.read(bb, embeds[:cut], positions[:, :cut], selectable[:cut], embeds[cut:],
                                  positions[:, cut:], vis, deepstack)
-            out = bb.decode(result.cache, result.logits, result.next_position, limit)
             self._last_read = result.kept
+            return result.cache, result.logits, result.next_position
         elif settings.reader in KV_POLICIES:
             from .memory.kv import omnimem
             from .memory.kv.selection import AUDIO, TEXT, VISUAL
@@ -492,8 +516,8 @@ class StreamSession:
                 policy = cls(budgets, settings.read_chunk)
             result = policy.read(bb, embeds[:cut], positions[:, :cut], modality, embeds[cut:], positions[:, cut:],
                                  vis, deepstack)
-            out = bb.decode(result.cache, result.logits, result.next_position, limit)
             self._last_read = result.kept
+            return result.cache, result.logits, result.next_position
         elif settings.reader == "rekv" and int(selectable.sum()) > settings.read_tokens:
             from .memory.kv.reader import BlockRetrievalReader
 
@@ -501,18 +525,19 @@ class StreamSession:
             reader = BlockRetrievalReader(settings.block_tokens, settings.read_tokens)
             result = reader.read(bb, full, selectable[:cut], embeds[cut:], positions[:, cut:],
                                  int(positions.max()) + 1)
-            out = bb.decode(result.cache, result.logits, result.next_position, limit)
             self._last_read = result.kept
+            return result.cache, result.logits, result.next_position
         elif settings.incremental or settings.reader == "rekv":
             cache = self._memory_cache(embeds[:cut], positions[:, :cut], visual_mask[:cut], deepstack)
             logits = bb.forward_embeds(embeds[cut:], positions[:, cut:], cache, None, None)
-            out = bb.decode(cache, logits, int(positions.max()) + 1, limit)
             self._last_read = None
-        else:
-            out = bb.generate(embeds, positions, None if deepstack is None else visual_mask, deepstack, limit)
-            self._last_read = None
-        self._questions += 1
-        return self.model.backbone.tokenizer.decode(out, skip_special_tokens=True).strip()
+            return cache, logits, int(positions.max()) + 1
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=bb.model.config.text_config)
+        logits = bb.forward_embeds(embeds, positions, cache, None if deepstack is None else visual_mask, deepstack)
+        self._last_read = None
+        return cache, logits, int(positions.max()) + 1
 
     def memory_inputs(self):
         """The memory part of the LLM input as the next question would see it: embeddings [L, D], positions

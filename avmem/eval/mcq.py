@@ -1,0 +1,103 @@
+"""Multiple-choice evaluation on Video-MME-like annotations (the synthetic benchmark's ``{split}.json``).
+
+Every video is streamed through a fresh :class:`~avmem.session.StreamSession`; its questions are asked
+at the end. The answer is either the option letter the model rates most likely as the first answer token
+(``likelihood``, robust for small models) or the letter extracted from a generated reply with the
+Video-MME scorer's rule (``generate``; an unparseable reply counts as wrong here).
+
+Each result records how far back the asked-about event lies, in video tokens produced after it: an event
+is *inside* the token memory when a first-in-first-out memory of the session's capacity would still
+hold it, *outside* otherwise (only a memory that keeps older information can answer those).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..session import SessionSettings, StreamSession
+from ..synth.benchmark import LETTERS, extract_letter, load_annotations
+
+METHODS = ("likelihood", "generate")
+
+
+@dataclass
+class MCQResult:
+    """One answered question."""
+
+    question_id: str
+    task_type: str
+    answer: str
+    predicted: str
+    correct: bool
+    event_time: float
+    asked_at: float
+    tokens_since_event: int
+    inside_memory: bool
+
+
+def evaluate_mcq(model, annotations: str | Path, settings: SessionSettings | None = None,
+                 method: str = "likelihood", max_videos: int | None = None, progress=None) -> list[MCQResult]:
+    """Answer every question of ``annotations`` with ``model`` under ``settings``.
+
+    Raises:
+        ValueError: unknown method, unreadable annotations or videos.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    settings = settings or SessionSettings()
+    items = load_annotations(annotations)[:max_videos]
+    results: list[MCQResult] = []
+    for k, (video, questions) in enumerate(items):
+        if not video.is_file():
+            raise ValueError(f"{annotations}: video {video} not found")
+        session = StreamSession(model, settings)
+        session.feed_file(video)
+        session.flush()
+        log = session.state.patches
+        produced = int(session.state.video_ids)
+        for q in questions:
+            if method == "likelihood":
+                index, _ = session.choose(q.prompt(), list(LETTERS))
+                predicted = LETTERS[index]
+            else:
+                predicted = extract_letter(session.ask(q.prompt(), max_new_tokens=8))
+            patch = int(np.searchsorted(log.times, q.event_time, side="right")) - 1 if len(log) else -1
+            since = produced - int(log.first_id[max(patch, 0)]) if len(log) else 0
+            results.append(MCQResult(q.question_id, q.task_type, q.answer, predicted, predicted == q.answer,
+                                     q.event_time, q.asked_at, since, since <= settings.video_tokens))
+        if progress is not None:
+            progress(k + 1, len(items))
+    return results
+
+
+def bootstrap_ci(correct: np.ndarray, n: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``correct`` (0/1 values)."""
+    if len(correct) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = rng.choice(correct, size=(n, len(correct)), replace=True).mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def summarize(results: list[MCQResult], seed: int = 0) -> dict[str, dict]:
+    """Accuracy with 95 % bootstrap intervals: overall, per task type, inside / outside the token memory."""
+    groups: dict[str, list[MCQResult]] = {"all": results,
+                                          "inside memory": [r for r in results if r.inside_memory],
+                                          "outside memory": [r for r in results if not r.inside_memory]}
+    for r in sorted(results, key=lambda r: r.task_type):
+        groups.setdefault(f"task:{r.task_type}", []).append(r)
+    out = {}
+    for name, rows in groups.items():
+        hits = np.array([r.correct for r in rows], dtype=float)
+        lo, hi = bootstrap_ci(hits, seed=seed)
+        out[name] = {"n": len(rows), "accuracy": float(hits.mean()) if len(rows) else float("nan"),
+                     "ci_low": lo, "ci_high": hi}
+    return out
+
+
+def results_to_json(results: list[MCQResult]) -> list[dict]:
+    return [asdict(r) for r in results]
