@@ -7,7 +7,8 @@
 Loading (:func:`load_model`):
 
 * ``"tiny-qwen3-vl"`` / ``"tiny-qwen2.5-vl"``: tiny *randomly initialised* models of the real
-  ``transformers`` classes (tests, synthetic training). Built once into a cache folder.
+  ``transformers`` classes (tests); ``"small-qwen3-vl"``: a wider, 4-layer one (the demo model's starting
+  point). Built once into a cache folder.
 * a folder written by :meth:`AVMemModel.save_pretrained` (``avmem.json`` + ``backbone/`` +
   ``ttt.safetensors`` / ``audio.safetensors``): every tensor must be present.
 * the official video-SALMONN S release folder (``base/`` + adapter), or an avmem training run (same
@@ -30,7 +31,8 @@ from .backbones.qwen import QwenVLBackbone, backbone_class
 from .backbones.tiny import save_tiny_backbone
 from .memory.ttt import TTTConfig, TTTMemory
 
-TINY_PRESETS = {"tiny-qwen3-vl": "qwen3_vl", "tiny-qwen2.5-vl": "qwen2_5_vl"}
+TINY_PRESETS = {"tiny-qwen3-vl": ("qwen3_vl", "tiny"), "tiny-qwen2.5-vl": ("qwen2_5_vl", "tiny"),
+                "small-qwen3-vl": ("qwen3_vl", "small")}
 MODEL_FILE = "avmem.json"
 
 
@@ -105,11 +107,11 @@ def _tiny_ttt_config(dim: int) -> TTTConfig:
                      lag_distance=64, compat="clean")
 
 
-def _build_tiny(kind: str, device: str | torch.device, seed: int) -> AVMemModel:
-    folder = _cache_dir() / f"tiny-{kind}-seed{seed}"
+def _build_tiny(kind: str, size: str, device: str | torch.device, seed: int) -> AVMemModel:
+    folder = _cache_dir() / (f"tiny-{kind}-seed{seed}" if size == "tiny" else f"{size}-{kind}-seed{seed}")
     if not (folder / "config.json").is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        save_tiny_backbone(folder, kind, seed=seed)
+        save_tiny_backbone(folder, kind, seed=seed, size=size)
     backbone = backbone_class(kind).from_pretrained(folder, need_audio=True, dtype=torch.float32, device=device)
     torch.manual_seed(seed)
     ttt_cfg = _tiny_ttt_config(backbone.hidden_size)
@@ -117,7 +119,7 @@ def _build_tiny(kind: str, device: str | torch.device, seed: int) -> AVMemModel:
     audio = _make_audio(_tiny_audio_config(backbone.hidden_size), device)
     spec = ModelSpec(backbone_type=kind, ttt=ttt_cfg.to_dict(), audio=_audio_config_to_dict(audio),
                      random_weights=True)
-    return AVMemModel(backbone=backbone, ttt=ttt, audio=audio, spec=spec, source=f"tiny-{kind}")
+    return AVMemModel(backbone=backbone, ttt=ttt, audio=audio, spec=spec, source=f"{size}-{kind}")
 
 
 def _tiny_audio_config(llm_dim: int):
@@ -155,8 +157,8 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: to
     """
     name = str(source)
     if name in TINY_PRESETS:
-        return _with_cg_iters(_build_tiny(TINY_PRESETS[name], device, seed), cg_iters)
-    if name.startswith("tiny-"):
+        return _with_cg_iters(_build_tiny(*TINY_PRESETS[name], device, seed), cg_iters)
+    if name.startswith(("tiny-", "small-")):
         raise ValueError(f"unknown preset '{name}' (choose from {sorted(TINY_PRESETS)})")
     path = Path(name)
     if (path / MODEL_FILE).is_file():

@@ -269,6 +269,8 @@ class StreamSession:
         self._kv: KVReuse | None = None
         self._kv_mode: str | None = None
         self.trainable = False
+        self.train_vision = False
+        self.train_audio = False
 
     # feeding -----------------------------------------------------------------------------------------
 
@@ -383,14 +385,15 @@ class StreamSession:
     def _absorb(self, st: SessionState, flush: bool) -> SessionState:
         """Run vision + TTT on the pending frames (all of them if ``flush``) and update the video bank.
 
-        The vision tower is frozen (no graph); TTT and the bank keep a graph only when ``self.trainable``.
+        TTT and the bank keep a graph only when ``self.trainable``; the vision tower only when
+        ``self.train_vision`` too (otherwise it is frozen and runs without one).
         """
         frames = st.pending_frames
         n = len(frames) if flush else len(frames) // 2 * 2
         if n == 0:
             return st
         step = 2 * VISION_BATCH_PATCHES  # vision tower in slices (frames are independent there): bounded activations
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.trainable and self.train_vision):
             patches = [p for i in range(0, n, step)
                        for p in self.model.backbone.encode_frames(np.stack([f for _, f in frames[i:i + step]]))]
         with torch.set_grad_enabled(self.trainable):
@@ -422,8 +425,9 @@ class StreamSession:
                        video_ids=st.video_ids + main.shape[0])
 
     def _encode_audio(self, st: SessionState, samples: np.ndarray) -> None:
-        """Encode ``samples`` (the oldest pending audio) into the audio bank, in place on ``st`` (frozen encoder)."""
-        with torch.no_grad():
+        """Encode ``samples`` (the oldest pending audio) into the audio bank, in place on ``st`` (with a graph only
+        when ``self.trainable`` and ``self.train_audio``)."""
+        with torch.set_grad_enabled(self.trainable and self.train_audio):
             tokens = self.model.audio.encode(samples).to(self.model.backbone.dtype)
         ids = torch.arange(st.audio_ids, st.audio_ids + tokens.shape[0], device=tokens.device)
         st.audio_log = st.audio_log.appended(st.audio_ids, st.pending_audio_start)

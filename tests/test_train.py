@@ -67,6 +67,9 @@ def test_shipped_configs_validate():
     ({"lora": {"r": 0}}, "lora needs r > 0"),
     ({"budget_file": "b.json"}, "only applies with reader: omnimem"),
     ({"use_audio": "yes"}, "'use_audio' must be true or false"),
+    ({"train_llm": True}, "set use_lora: false"),
+    ({"train_vision": True}, "cannot hold LoRA layers"),
+    ({"use_lora": False, "use_ttt": False}, "nothing to train"),
 ])
 def test_bad_configs_are_named(tmp_path, bad, message):
     cfg = tiny_config(tmp_path / "d.json", tmp_path / "out", **bad)
@@ -265,3 +268,31 @@ def test_changing_cg_iters_keeps_learned_update_state():
         model.ttt.update.log_step.fill_(-1.25)
     model = _with_cg_iters(model, 5)
     assert model.ttt.cfg.cg_iters == 5 and torch.all(model.ttt.update.log_step == -1.25)
+
+
+def test_whole_model_training_saves_an_avmem_folder(tmp_path, data):
+    from avmem.model import load_model
+    from avmem.train.data import VideoQADataset, load_records
+    from avmem.train.forward import TrainableAVMem
+
+    out = tmp_path / "out"
+    result = run(tiny_config(data, out, use_lora=False, train_llm=True, train_vision=True, train_audio=True,
+                             max_steps=12, logging_steps=4, save_steps=6, lr=2e-3))
+    assert result.losses[-1] < result.losses[0] - 0.1, result.losses
+    assert not (out / "adapter").exists() and (out / "model" / "avmem.json").is_file()
+    loaded = load_model(out / "model")
+    assert not loaded.spec.random_weights
+    fresh = load_model("tiny-qwen3-vl")
+    for part in ("model.visual.blocks.0.attn.qkv.weight", "model.language_model.layers.0.mlp.up_proj.weight"):
+        assert not torch.equal(loaded.backbone.model.state_dict()[part], fresh.backbone.model.state_dict()[part])
+    assert not torch.equal(loaded.audio.state_dict()["layers.0.fc1.weight"], fresh.audio.state_dict()["layers.0.fc1.weight"])
+    sample = VideoQADataset(load_records([str(data)]), fps=2.0, max_frames=16, max_pixels=4096,
+                            factor=loaded.backbone.vision.factor)[1]
+    with torch.no_grad():
+        want, _ = TrainableAVMem(result.model, _settings()).loss_terms(sample)
+        got, _ = TrainableAVMem(loaded, _settings()).loss_terms(sample)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    resumed = run(tiny_config(data, tmp_path / "resumed", use_lora=False, train_llm=True, train_vision=True,
+                              train_audio=True, max_steps=12, logging_steps=4, save_steps=6, lr=2e-3,
+                              resume=str(out / "checkpoint-6")))
+    assert resumed.losses[-1] == pytest.approx(result.losses[-1], rel=1e-4)

@@ -174,9 +174,9 @@ class QwenVLBackbone:
         """Token embeddings [L, D] of ids [L]."""
         return self.model.get_input_embeddings()(ids.to(self.device))
 
-    @torch.no_grad()
     def encode_frames(self, frames: np.ndarray) -> list[PatchFeatures]:
-        """Run the vision tower on frames [T, H, W, 3] uint8; one entry per temporal patch (2 frames)."""
+        """Run the vision tower on frames [T, H, W, 3] uint8; one entry per temporal patch (2 frames). Runs in the
+        caller's grad mode (the session runs it without a graph unless the tower is being trained)."""
         frames = fit_to_factor(frames, self.vision.factor)
         pixels, (gt, gh, gw) = patchify(frames, self.vision)
         grid = torch.tensor([[gt, gh, gw]], device=self.device)

@@ -357,10 +357,10 @@ class AudioEncoder(WhisperEncoder):
         last_windows = min(cfg.windows_per_piece, math.ceil(last / (cfg.stride_frames * _SAMPLES_PER_FRAME)))
         return ((pieces - 1) * cfg.windows_per_piece + last_windows) * cfg.qformer.query_length
 
-    @torch.no_grad()
     def encode(self, samples: np.ndarray | Tensor, *, keep_padding: bool = False, sample_rate: int = SAMPLE_RATE,
                max_batch_pieces: int = 16) -> Tensor:
-        """Audio tokens [n_tokens, llm_dim] for 16 kHz mono float32 audio [n], in time order.
+        """Audio tokens [n_tokens, llm_dim] for 16 kHz mono float32 audio [n], in time order (in the caller's
+        grad mode).
 
         ``keep_padding=False`` (default) drops the tokens of windows that lie wholly in the zero padding of the last
         30 s piece; ``True`` keeps them, reproducing the official count (see :meth:`num_tokens`). Pieces go through

@@ -42,6 +42,10 @@ class TrainConfig:
         ttt_update / cg_iters: override the TTT update rule (hf | sgd | muon) and its CG iterations.
         ttt_checkpoint_group: recompute groups of this many TTT mini-batches in backward (0: keep all).
         ttt_only_steps: two-stage schedule: the first steps train only the TTT block (LoRA lr held at 0).
+        use_lora: LoRA on the LLM (the paper); train_llm / train_vision / train_audio: train every weight of
+            the language model / vision tower / audio encoder instead (OmniMem's ``--train_llm``; small models
+            trained from scratch, such as the demo model). Runs that train whole parts are saved as avmem model
+            folders (``OUT/model``) rather than release adapters.
         reader: "full" (the whole memory reaches the LLM) or "omnimem" (budget-aware fine-tuning: the
             loss runs through OmniMem's compressed forward with ``budget_file`` / ``read_tokens``).
         precision: "auto" = bf16 frozen weights on CUDA (trainable weights in fp32), fp32 on CPU.
@@ -68,6 +72,10 @@ class TrainConfig:
     cg_iters: int | None = None
     ttt_checkpoint_group: int = 16
     gradient_checkpointing: bool = False
+    use_lora: bool = True
+    train_llm: bool = False
+    train_vision: bool = False
+    train_audio: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
     lr: float = 2e-5
     ttt_lr: float | None = None
@@ -131,6 +139,16 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ValueError(f"config: '{name}' must be one of {', '.join(allowed)}; got {value!r}")
+        if self.use_lora and self.train_llm:
+            raise ValueError("config: train_llm trains every LLM weight; set use_lora: false")
+        if not (self.use_lora or self.use_ttt or self.train_llm or self.train_vision or self.train_audio):
+            raise ValueError("config: nothing to train (use_lora, use_ttt, train_llm, train_vision, train_audio "
+                             "are all off)")
+        if self.use_lora and (self.train_vision or self.train_audio):
+            raise ValueError("config: train_vision / train_audio save whole models, which cannot hold LoRA layers; "
+                             "set use_lora: false (with train_llm: true to train the LLM too)")
+        if self.train_audio and not self.use_audio:
+            raise ValueError("config: train_audio needs use_audio: true")
         if self.budget_file is not None and self.reader != "omnimem":
             raise ValueError("config: 'budget_file' only applies with reader: omnimem")
         lora = self.lora

@@ -5,6 +5,8 @@ Output folder (loads with :func:`avmem.load_model`, like the official release)::
 
     OUT/base/                  release base: backbone + audio encoder (written once, before adapters)
     OUT/adapter/               final adapter: LoRA + TTT in the release key layout, avmem_ttt.json
+    OUT/model/                 instead of base/ + adapter/ when no LoRA is used (whole parts trained): an avmem
+                               model folder; checkpoint-N/model/ likewise
     OUT/checkpoint-N/adapter/  the adapter at step N, and base -> ../base
     OUT/checkpoint-N/          trainer_state.json, optimizer.pt, scheduler.pt, rng_state_R.pt (resume)
     OUT/logs/                  tensorboard events (loss, lr, skipped samples)
@@ -136,15 +138,29 @@ def train(cfg: TrainConfig) -> TrainResult:
                                video_tokens=cfg.video_tokens, audio_tokens=cfg.audio_tokens,
                                use_audio=cfg.use_audio, use_ttt=cfg.use_ttt)
     settings.check(model)
-    _prepare_base(accelerator, model, cfg, out)
-    adapter_config = add_lora(model, cfg.lora)
+    whole = not cfg.use_lora  # whole parts trained: saved as avmem model folders, not release adapters
+    if whole and accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise ValueError("runs without LoRA save whole models, which is not supported under FSDP / DeepSpeed here")
+    if not whole:
+        _prepare_base(accelerator, model, cfg, out)
+        adapter_config = add_lora(model, cfg.lora)
+    else:
+        adapter_config = None
+        model.backbone.model.requires_grad_(False)
+    llm = model.backbone.model
+    if cfg.train_llm:
+        llm.model.language_model.requires_grad_(True)
+        llm.lm_head.requires_grad_(True)
+    llm.model.visual.requires_grad_(cfg.train_vision)
     if model.ttt is not None:
         model.ttt.float().requires_grad_(True)
-    for p in model.backbone.model.parameters():
+    if model.audio is not None:
+        model.audio.requires_grad_(cfg.train_audio)
+        if cfg.train_audio:
+            model.audio.float()
+    for p in llm.parameters():
         if p.requires_grad:
             p.data = p.data.float()
-    if model.audio is not None:
-        model.audio.requires_grad_(False)
     if cfg.gradient_checkpointing:
         model.backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.backbone.model.train()
@@ -155,11 +171,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         budgets = replace(settings, reader="omnimem", budget_file=cfg.budget_file,
                           read_tokens=cfg.read_tokens).budgets(model)
         policy = OmniMemPolicy(budgets, cfg.read_chunk, cfg.omni_lambda)
-    module = TrainableAVMem(model, settings, policy)
+    module = TrainableAVMem(model, settings, policy, train_vision=cfg.train_vision, train_audio=cfg.train_audio)
     groups = module.trainable_parameters()
+    rest = [p for name in ("lora", "llm", "vision", "audio") for p in groups[name]]
     optimizer = torch.optim.AdamW(
         [{"params": groups["ttt"], "lr": cfg.ttt_lr if cfg.ttt_lr is not None else cfg.lr},
-         {"params": groups["lora"], "lr": cfg.lr}], weight_decay=cfg.weight_decay)
+         {"params": rest, "lr": cfg.lr}], weight_decay=cfg.weight_decay)
 
     dataset = VideoQADataset(records, fps=cfg.fps, max_frames=cfg.max_frames, max_pixels=cfg.max_pixels,
                              min_pixels=cfg.min_pixels, factor=model.backbone.vision.factor)
@@ -168,7 +185,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     per_epoch = math.ceil(len(loader) / cfg.grad_accum)
     total = cfg.max_steps or per_epoch * cfg.epochs
-    if cfg.ttt_only_steps >= total and groups["lora"]:
+    if cfg.ttt_only_steps >= total and rest:
         raise ValueError(f"ttt_only_steps ({cfg.ttt_only_steps}) >= the run's {total} steps: LoRA would never train")
     warmup = int(cfg.warmup_ratio * max(1, total - cfg.ttt_only_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -186,7 +203,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         if sharded:
             accelerator.load_state(str(resume_dir / "engine"))
         else:
-            _load_trainables(accelerator.unwrap_model(module), resume_dir / "adapter")
+            if whole:
+                _load_whole(accelerator.unwrap_model(module), resume_dir / "model")
+            else:
+                _load_trainables(accelerator.unwrap_model(module), resume_dir / "adapter")
             optimizer.load_state_dict(torch.load(resume_dir / "optimizer.pt", map_location="cpu", weights_only=True))
         scheduler.load_state_dict(torch.load(resume_dir / "scheduler.pt", map_location="cpu", weights_only=True))
         rng = resume_dir / f"rng_state_{accelerator.process_index}.pt"
@@ -217,8 +237,11 @@ def train(cfg: TrainConfig) -> TrainResult:
             accelerator.save_state(str(folder / "engine"))
         counts = accelerator.gather(torch.tensor([[seen, skipped]], dtype=torch.long, device=accelerator.device))
         if accelerator.is_main_process:
-            _write_adapter(folder / "adapter", state_dict, model, adapter_config)
-            if folder != out and not (folder / "base").exists():
+            if whole:
+                _write_model(folder / "model", model)
+            else:
+                _write_adapter(folder / "adapter", state_dict, model, adapter_config)
+            if not whole and folder != out and not (folder / "base").exists():
                 os.symlink("../base", folder / "base")
             if not sharded:
                 torch.save(optimizer.state_dict(), folder / "optimizer.pt")
@@ -281,7 +304,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         epoch += 1
     final = save(out / f"checkpoint-{step}")
     if accelerator.is_main_process:
-        _write_adapter(out / "adapter", final, model, adapter_config)
+        if whole:
+            _write_model(out / "model", model)
+        else:
+            _write_adapter(out / "adapter", final, model, adapter_config)
     ranks = _rank_report(accelerator, groups, trained_on, sharded)
     if accelerator.is_main_process:
         (out / "ranks.json").write_text(json.dumps(ranks, indent=1))
@@ -314,7 +340,8 @@ def _step_loss(module, sample) -> tuple[torch.Tensor, str | None]:
 
 def _fingerprint(cfg: TrainConfig, model) -> dict:
     """What a checkpoint must agree on to be resumed: adapters, TTT configuration, data files."""
-    return {"lora": vars(cfg.lora) | {"targets": list(cfg.lora.targets)},
+    return {"lora": vars(cfg.lora) | {"targets": list(cfg.lora.targets)} if cfg.use_lora else None,
+            "train": [cfg.train_llm, cfg.train_vision, cfg.train_audio],
             "ttt": None if model.ttt is None else model.ttt.cfg.to_dict(), "data": list(cfg.data),
             "grad_accum": cfg.grad_accum, "seed": cfg.seed}
 
@@ -404,6 +431,34 @@ def _retarget_ttt(model, cfg: TrainConfig, device):
     model.ttt = layer
     model.spec.ttt = new.to_dict()
     return model
+
+
+def _write_model(folder: Path, model) -> None:
+    """A whole trained model as an avmem model folder (weights no longer random)."""
+    spec = model.spec
+    model.spec = replace(spec, random_weights=False)
+    try:
+        model.save_pretrained(folder)
+    finally:
+        model.spec = spec
+
+
+def _load_whole(module, folder: Path) -> None:
+    """Resume: copy a saved avmem model folder's weights into the training module."""
+    from ..model import load_model
+
+    saved = load_model(folder, device=next(module.llm.parameters()).device)
+    pairs = [(module.llm, saved.backbone.model), (module.ttt, saved.ttt), (module.audio, saved.audio)]
+    for own, other in pairs:
+        if (own is None) != (other is None):
+            raise ValueError(f"resume: {folder} does not hold the same parts as this run")
+        if own is not None:
+            own_state = own.state_dict()
+            other_state = other.state_dict()
+            if set(own_state) != set(other_state) or any(own_state[k].shape != other_state[k].shape
+                                                         for k in own_state):
+                raise ValueError(f"resume: {folder} does not fit this run's model")
+            own.load_state_dict({k: v.to(own_state[k].dtype) for k, v in other_state.items()})
 
 
 def _write_adapter(folder: Path, state_dict: dict, model, adapter_config: dict) -> None:

@@ -61,7 +61,8 @@ class TrainableAVMem(nn.Module):
         policy: an OmniMem-style KV policy for budget-aware fine-tuning, or None (whole memory).
     """
 
-    def __init__(self, model: AVMemModel, settings: SessionSettings, policy: ChunkedKVPolicy | None = None) -> None:
+    def __init__(self, model: AVMemModel, settings: SessionSettings, policy: ChunkedKVPolicy | None = None,
+                 train_vision: bool = False, train_audio: bool = False) -> None:
         super().__init__()
         self.llm = model.backbone.model
         self.ttt = model.ttt
@@ -69,12 +70,21 @@ class TrainableAVMem(nn.Module):
         object.__setattr__(self, "avmem", model)
         self.settings = settings
         self.policy = policy
+        self.train_vision, self.train_audio = train_vision, train_audio
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
-        """{"ttt": [...], "lora": [...]}: the parameters an optimiser updates."""
-        lora = [p for n, p in self.llm.named_parameters() if "lora_" in n]
-        ttt = list(self.ttt.parameters()) if self.ttt is not None and self.settings.use_ttt else []
-        return {"ttt": ttt, "lora": lora}
+        """The parameters an optimiser updates, by part: ttt, lora, llm (whole language model), vision, audio."""
+        groups: dict[str, list[nn.Parameter]] = {"ttt": [], "lora": [], "llm": [], "vision": [], "audio": []}
+        for name, p in self.llm.named_parameters():
+            if not p.requires_grad:
+                continue
+            part = "lora" if "lora_" in name else "vision" if name.startswith("model.visual.") else "llm"
+            groups[part].append(p)
+        if self.ttt is not None and self.settings.use_ttt:
+            groups["ttt"] = [p for p in self.ttt.parameters() if p.requires_grad]
+        if self.audio is not None:
+            groups["audio"] = [p for p in self.audio.parameters() if p.requires_grad]
+        return groups
 
     def zero_loss(self) -> Tensor:
         """A zero that touches every trainable parameter (a skipped sample still joins the gradient all-reduce)."""
@@ -96,6 +106,7 @@ class TrainableAVMem(nn.Module):
             fps = float(min(30.0, max(1e-3, (len(times) - 1) / max(times[-1] - times[0], 1e-6))))
         session = StreamSession(model, replace(self.settings, fps=fps))
         session.trainable = True
+        session.train_vision, session.train_audio = self.train_vision, self.train_audio
         if len(times):
             session.feed(frames=list(sample.frames), t=[float(t) for t in times])
         if sample.audio is not None and len(sample.audio) and session.settings.use_audio:
