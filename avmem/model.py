@@ -43,6 +43,7 @@ class ModelSpec:
     backbone_type: str
     ttt: dict | None = None
     audio: dict | None = None
+    memory_layer: str = "ttt"
     random_weights: bool = False
     format: str = "avmem-model/1"
 
@@ -53,7 +54,8 @@ class AVMemModel:
 
     Attributes:
         backbone: the Qwen adapter (vision tower, embeddings, generation).
-        ttt: the TTT memory on video tokens, or None (memory = token bank only).
+        ttt: the memory layer on video tokens — the TTT block, or a Mamba-2 layer when
+            ``spec.memory_layer == "mamba2"`` (the memory study's comparison) — or None (token bank only).
         audio: the audio encoder (``encode(samples) -> [n, D]``), or None (video only).
         spec: what was loaded; ``random_weights`` marks presets that are not trained.
         source: the path or id it was loaded from.
@@ -182,7 +184,7 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: to
 
 def _with_cg_iters(model: AVMemModel, cg_iters: int | None) -> AVMemModel:
     """Rebuild the TTT update rule with ``cg_iters`` CG iterations (same weights)."""
-    if cg_iters is None or model.ttt is None or cg_iters == model.ttt.cfg.cg_iters:
+    if cg_iters is None or not isinstance(model.ttt, TTTMemory) or cg_iters == model.ttt.cfg.cg_iters:
         return model
     from dataclasses import replace
 
@@ -216,7 +218,11 @@ def _load_avmem_folder(path: Path, device, dtype) -> AVMemModel:
     backbone = backbone_class(spec.backbone_type).from_pretrained(
         path / "backbone", need_audio=spec.audio is not None, dtype=dtype, device=device)
     ttt = None
-    if spec.ttt is not None:
+    if spec.ttt is not None and spec.memory_layer == "mamba2":
+        ttt = _load_mamba2(spec.ttt, _tensors(path / "ttt.safetensors")).to(device=device, dtype=backbone.dtype)
+    elif spec.ttt is not None:
+        if spec.memory_layer != "ttt":
+            raise ValueError(f"{path / MODEL_FILE}: unknown memory_layer {spec.memory_layer!r} (ttt or mamba2)")
         ttt = TTTMemory.from_official_state_dict(_tensors(path / "ttt.safetensors"), TTTConfig.from_dict(spec.ttt))
         ttt = ttt.to(device=device, dtype=backbone.dtype)
     audio = None
@@ -225,6 +231,24 @@ def _load_avmem_folder(path: Path, device, dtype) -> AVMemModel:
         audio.load_official_state_dict(_tensors(path / "audio.safetensors"))
         audio = audio.to(dtype=backbone.dtype)
     return AVMemModel(backbone=backbone, ttt=ttt, audio=audio, spec=spec, source=str(path))
+
+
+def _load_mamba2(config: dict, tensors: dict[str, torch.Tensor]):
+    from .memory.ssm import Mamba2Config, Mamba2Memory
+
+    try:
+        layer = Mamba2Memory(Mamba2Config(**config))
+    except TypeError as exc:
+        raise ValueError(f"not a Mamba-2 configuration ({exc})") from None
+    own = layer.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    if missing:
+        raise ValueError(f"Mamba-2 weights are missing '{missing[0]}'")
+    for name, t in own.items():
+        if tensors[name].shape != t.shape:
+            raise ValueError(f"Mamba-2 tensor '{name}' has shape {list(tensors[name].shape)}, expected {list(t.shape)}")
+    layer.load_state_dict({k: tensors[k] for k in own})
+    return layer
 
 
 def _tensors(file: Path) -> dict[str, torch.Tensor]:

@@ -36,7 +36,7 @@ from .memory.bank import (
     SegmentMerge,
     TokenBank,
 )
-from .memory.ttt import TTTState, official_positions
+from .memory.ttt import TTTMemory, TTTState, official_positions
 from .model import AVMemModel
 
 SESSION_FORMAT = "avmem-session/1"
@@ -229,7 +229,7 @@ class SessionStats:
 class SessionState:
     """Everything a session carries (saved and restored exactly)."""
 
-    ttt: TTTState | None = None
+    ttt: TTTState | object | None = None
     video: BankState | None = None
     audio: BankState | None = None
     patches: PatchLog = field(default_factory=PatchLog)
@@ -408,8 +408,10 @@ class StreamSession:
         hm, wm = patches[0].grid_hw
         ttt_state = st.ttt
         if self.settings.use_ttt:
-            mini = model.ttt.cfg.mini_batch
-            pos = official_positions((hm, wm), st.video_ids, -(-main.shape[0] // mini) * mini).to(main.device)
+            pos = None
+            if isinstance(model.ttt, TTTMemory):  # 3-D RoPE positions; a Mamba-2 layer orders by the stream
+                mini = model.ttt.cfg.mini_batch
+                pos = official_positions((hm, wm), st.video_ids, -(-main.shape[0] // mini) * mini).to(main.device)
             y, ttt_state = model.ttt(main[None].to(model.ttt.dtype), pos, st.ttt)
             main = y[0].to(main.dtype)
         feats = main[:, None]
@@ -761,8 +763,14 @@ class StreamSession:
                                  f"{meta['model']['hidden_size']}); load it with the model it was made with")
             device = model.device
             st = session.state
-            if "ttt.fast.W1" in tensors:
-                st.ttt = TTTState.from_tensors({k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ttt.")})
+            if any(k.startswith("ttt.") for k in tensors):
+                parts = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ttt.")}
+                if model.spec.memory_layer == "mamba2":
+                    from .memory.ssm import Mamba2State
+
+                    st.ttt = Mamba2State.from_tensors(parts)
+                else:
+                    st.ttt = TTTState.from_tensors(parts)
             for name in ("video", "audio"):
                 if f"{name}.tokens" in tensors:
                     setattr(st, name, BankState(tokens=tensors[f"{name}.tokens"].to(device),

@@ -296,3 +296,24 @@ def test_whole_model_training_saves_an_avmem_folder(tmp_path, data):
                               train_audio=True, max_steps=12, logging_steps=4, save_steps=6, lr=2e-3,
                               resume=str(out / "checkpoint-6")))
     assert resumed.losses[-1] == pytest.approx(result.losses[-1], rel=1e-4)
+
+
+def test_mamba2_memory_layer_trains_saves_and_streams(tmp_path, data):
+    from avmem.memory.ssm import Mamba2Memory
+    from avmem.model import load_model
+    from avmem.session import StreamSession
+
+    out = tmp_path / "out"
+    result = run(tiny_config(data, out, new_ttt=True, memory_layer="mamba2", ttt_heads=4, use_lora=False,
+                             train_llm=True, max_steps=8, logging_steps=4, lr=2e-3))
+    assert result.losses[-1] < result.losses[0]
+    loaded = load_model(out / "model")
+    assert isinstance(loaded.ttt, Mamba2Memory) and loaded.spec.memory_layer == "mamba2"
+    session = StreamSession(loaded, video_tokens=64, max_pixels=4096)
+    session.feed_file(data.parent / "clip000.mp4")
+    session.flush()
+    assert isinstance(session.ask("What colour?", max_new_tokens=2), str)
+    restored = StreamSession.load(session.save(tmp_path / "s.avmem"), loaded)
+    torch.testing.assert_close(restored.state.ttt.ssm, session.state.ttt.ssm)
+    with pytest.raises(ValueError, match="memory_layer: mamba2 needs"):
+        config_from_dict(tiny_config(data, tmp_path / "x", memory_layer="mamba2"))

@@ -36,9 +36,12 @@ class TrainConfig:
     Attributes (besides the obvious):
         model: a :func:`avmem.load_model` source (preset, avmem folder, release folder, Qwen folder or hub id).
         data: official-format JSON/JSONL files (a list, or one comma-separated string).
-        new_ttt: add a freshly initialised TTT block (the paper's recipe on a base without one) with
+        new_ttt: a freshly initialised TTT block (the paper's recipe on a base without one; it replaces a block
+            the model already has) with
             ``ttt_heads`` heads, mini-batches of ``ttt_mini_batch`` tokens and the lag objective at distance
             ``ttt_lag`` (release architecture: 8, 1024, 1024).
+        memory_layer: with ``new_ttt``, "ttt" or "mamba2" (a Mamba-2 layer with ``ttt_heads`` heads in its
+            place: the memory study's comparison; saved as an avmem model folder, so ``use_lora: false``).
         ttt_update / cg_iters: override the TTT update rule (hf | sgd | muon) and its CG iterations.
         ttt_checkpoint_group: recompute groups of this many TTT mini-batches in backward (0: keep all).
         ttt_only_steps: two-stage schedule: the first steps train only the TTT block (LoRA lr held at 0).
@@ -65,6 +68,7 @@ class TrainConfig:
     use_audio: bool = True
     use_ttt: bool = True
     new_ttt: bool = False
+    memory_layer: str = "ttt"
     ttt_heads: int = 8
     ttt_mini_batch: int = 1024
     ttt_lag: int = 1024
@@ -147,6 +151,10 @@ class TrainConfig:
         if self.use_lora and (self.train_vision or self.train_audio):
             raise ValueError("config: train_vision / train_audio save whole models, which cannot hold LoRA layers; "
                              "set use_lora: false (with train_llm: true to train the LLM too)")
+        if self.memory_layer not in ("ttt", "mamba2"):
+            raise ValueError(f"config: 'memory_layer' must be ttt or mamba2, got {self.memory_layer!r}")
+        if self.memory_layer == "mamba2" and (not self.new_ttt or self.use_lora):
+            raise ValueError("config: memory_layer: mamba2 needs new_ttt: true and use_lora: false")
         if self.train_audio and not self.use_audio:
             raise ValueError("config: train_audio needs use_audio: true")
         if self.budget_file is not None and self.reader != "omnimem":

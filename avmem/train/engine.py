@@ -131,7 +131,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if not cfg.use_ttt:
         model.ttt = None
         model.spec.ttt = None
-    if model.ttt is not None:
+    if model.ttt is not None and model.spec.memory_layer == "ttt":
         model = _retarget_ttt(model, cfg, accelerator.device)
         model = _with_cg_iters(model, cfg.cg_iters)
     settings = SessionSettings(fps=cfg.fps, max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels,
@@ -342,7 +342,7 @@ def _fingerprint(cfg: TrainConfig, model) -> dict:
     """What a checkpoint must agree on to be resumed: adapters, TTT configuration, data files."""
     return {"lora": vars(cfg.lora) | {"targets": list(cfg.lora.targets)} if cfg.use_lora else None,
             "train": [cfg.train_llm, cfg.train_vision, cfg.train_audio],
-            "ttt": None if model.ttt is None else model.ttt.cfg.to_dict(), "data": list(cfg.data),
+            "ttt": model.spec.ttt, "memory_layer": model.spec.memory_layer, "data": list(cfg.data),
             "grad_accum": cfg.grad_accum, "seed": cfg.seed}
 
 
@@ -402,11 +402,21 @@ def _progress(accelerator, total: int, start: int):
 
 
 def _new_ttt(model, cfg: TrainConfig, device):
-    """Add a freshly initialised TTT block (seeded by ``cfg.seed``) to a model that has none."""
+    """A freshly initialised memory layer (seeded by ``cfg.seed``) in place of the model's own, if any."""
     from ..memory.ttt import TTTConfig, TTTMemory
 
-    if model.ttt is not None:
-        raise ValueError(f"new_ttt: {cfg.model} already has a TTT block (drop new_ttt to fine-tune it)")
+    if cfg.memory_layer == "mamba2":
+        from ..memory.ssm import Mamba2Config, Mamba2Memory
+
+        d_inner = 2 * model.hidden_size
+        if d_inner % cfg.ttt_heads:
+            raise ValueError(f"memory_layer mamba2: 2 * hidden ({d_inner}) must be divisible by ttt_heads")
+        m_cfg = Mamba2Config(dim=model.hidden_size, d_state=64, expand=2, headdim=d_inner // cfg.ttt_heads)
+        torch.manual_seed(cfg.seed)
+        model.ttt = Mamba2Memory(m_cfg).to(device=device)
+        model.spec.ttt = vars(m_cfg).copy()
+        model.spec.memory_layer = "mamba2"
+        return model
     ttt_cfg = TTTConfig(dim=model.hidden_size, num_heads=cfg.ttt_heads, hidden_mult=1, mini_batch=cfg.ttt_mini_batch,
                         base_lr=0.1, update=cfg.ttt_update or "hf", cg_iters=3 if cfg.cg_iters is None else cfg.cg_iters,
                         lag_distance=cfg.ttt_lag, lag_weight=0.1, compat="clean")

@@ -63,6 +63,15 @@ class Mamba2State:
     ssm: Tensor
     conv: Tensor
 
+    def tensors(self) -> dict[str, Tensor]:
+        return {"ssm": self.ssm, "conv": self.conv}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> "Mamba2State":
+        if set(tensors) != {"ssm", "conv"}:
+            raise ValueError(f"a Mamba-2 state holds 'ssm' and 'conv', got {sorted(tensors)}")
+        return cls(ssm=tensors["ssm"], conv=tensors["conv"])
+
 
 def _segsum(x: Tensor) -> Tensor:
     """[..., T] -> [..., T, T]: out[i, j] = sum_{j < k <= i} x[k] for j <= i, -inf above the diagonal."""
