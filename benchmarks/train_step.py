@@ -32,7 +32,7 @@ def run_one(args: argparse.Namespace) -> None:
     from avmem.synth import write_colour_qa_set
     from avmem.train.config import LoraSettings
     from avmem.train.data import VideoQADataset, load_records
-    from avmem.train.engine import _retarget_ttt
+    from avmem.train.engine import retarget_ttt
     from avmem.train.forward import TrainableAVMem
     from avmem.train.lora import add_lora
 
@@ -43,10 +43,11 @@ def run_one(args: argparse.Namespace) -> None:
     model = load_model(args.model, device=args.device, dtype=torch.bfloat16 if cuda else torch.float32)
     use_ttt = args.variant != "no-ttt" and model.ttt is not None
     if use_ttt:
-        cfg = argparse.Namespace(ttt_update=args.variant, ttt_checkpoint_group=args.checkpoint_group)
-        model = _retarget_ttt(model, cfg, model.device)
+        model = retarget_ttt(model, args.variant, args.checkpoint_group, model.device)
         model.ttt.float()
     add_lora(model, LoraSettings(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.0))
+    if model.audio is not None:
+        model.audio.requires_grad_(False)  # frozen, as in training
     for p in model.backbone.model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
