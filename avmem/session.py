@@ -36,6 +36,7 @@ from .memory.bank import (
     SegmentMerge,
     TokenBank,
 )
+from .memory.ssm import Mamba2State
 from .memory.ttt import TTTMemory, TTTState, official_positions
 from .model import AVMemModel
 
@@ -229,7 +230,7 @@ class SessionStats:
 class SessionState:
     """Everything a session carries (saved and restored exactly)."""
 
-    ttt: TTTState | object | None = None
+    ttt: TTTState | Mamba2State | None = None
     video: BankState | None = None
     audio: BankState | None = None
     patches: PatchLog = field(default_factory=PatchLog)
@@ -766,8 +767,6 @@ class StreamSession:
             if any(k.startswith("ttt.") for k in tensors):
                 parts = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ttt.")}
                 if model.spec.memory_layer == "mamba2":
-                    from .memory.ssm import Mamba2State
-
                     st.ttt = Mamba2State.from_tensors(parts)
                 else:
                     st.ttt = TTTState.from_tensors(parts)

@@ -260,10 +260,10 @@ def test_two_process_ddp_on_cpu(tmp_path, data):
 
 def test_changing_cg_iters_keeps_learned_update_state():
     from avmem.model import _with_cg_iters, load_model
-    from avmem.train.engine import _retarget_ttt
+    from avmem.train.engine import retarget_ttt
 
     model = load_model("tiny-qwen3-vl")
-    model = _retarget_ttt(model, type("C", (), {"ttt_update": "muon", "ttt_checkpoint_group": 0})(), "cpu")
+    model = retarget_ttt(model, "muon", 0, "cpu")
     with torch.no_grad():
         model.ttt.update.log_step.fill_(-1.25)
     model = _with_cg_iters(model, 5)

@@ -132,7 +132,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         model.ttt = None
         model.spec.ttt = None
     if model.ttt is not None and model.spec.memory_layer == "ttt":
-        model = _retarget_ttt(model, cfg, accelerator.device)
+        model = retarget_ttt(model, cfg.ttt_update, cfg.ttt_checkpoint_group, accelerator.device)
         model = _with_cg_iters(model, cfg.cg_iters)
     settings = SessionSettings(fps=cfg.fps, max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels,
                                video_tokens=cfg.video_tokens, audio_tokens=cfg.audio_tokens,
@@ -267,7 +267,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         done_in_epoch = 0
         for sample in batches:
             with accelerator.accumulate(module):
-                loss, reason = _step_loss(module, sample)
+                loss, reason = _step_loss(module, accelerator.unwrap_model(module), sample)
                 if reason is not None:
                     skipped += 1
                     print(f"avmem train: rank {accelerator.process_index}: skipped {sample.source}: {reason}",
@@ -324,12 +324,11 @@ def train(cfg: TrainConfig) -> TrainResult:
                        rank_digests=digests, model=model)
 
 
-def _step_loss(module, sample) -> tuple[torch.Tensor, str | None]:
+def _step_loss(module, inner, sample) -> tuple[torch.Tensor, str | None]:
     """The sample's loss, or (a zero touching every trainable parameter, why) for a sample that cannot be used:
     undecodable, or rejected by the pipeline (e.g. no frames in its window). Every rank still joins the step."""
     from .data import Skipped
 
-    inner = getattr(module, "module", module)
     if isinstance(sample, Skipped):
         return inner.zero_loss(), sample.reason
     try:
@@ -340,7 +339,7 @@ def _step_loss(module, sample) -> tuple[torch.Tensor, str | None]:
 
 def _fingerprint(cfg: TrainConfig, model) -> dict:
     """What a checkpoint must agree on to be resumed: adapters, TTT configuration, data files."""
-    return {"lora": vars(cfg.lora) | {"targets": list(cfg.lora.targets)} if cfg.use_lora else None,
+    return {"lora": dict(vars(cfg.lora)) if cfg.use_lora else None,
             "train": [cfg.train_llm, cfg.train_vision, cfg.train_audio],
             "ttt": model.spec.ttt, "memory_layer": model.spec.memory_layer, "data": list(cfg.data),
             "grad_accum": cfg.grad_accum, "seed": cfg.seed}
@@ -426,12 +425,13 @@ def _new_ttt(model, cfg: TrainConfig, device):
     return model
 
 
-def _retarget_ttt(model, cfg: TrainConfig, device):
-    """Apply the config's TTT update rule and activation checkpointing (same weights; Muon adds its step)."""
+def retarget_ttt(model, update: str | None, checkpoint_group: int, device):
+    """The model's TTT block with update rule ``update`` (None: keep) and activation checkpointing over groups of
+    ``checkpoint_group`` mini-batches; same weights (Muon adds its learned step)."""
     from ..memory.ttt import TTTMemory
 
     ttt_cfg = model.ttt.cfg
-    new = replace(ttt_cfg, update=cfg.ttt_update or ttt_cfg.update, checkpoint_group=cfg.ttt_checkpoint_group)
+    new = replace(ttt_cfg, update=update or ttt_cfg.update, checkpoint_group=checkpoint_group)
     if new == ttt_cfg:
         return model
     layer = TTTMemory(new).to(device=device, dtype=model.ttt.dtype)

@@ -7,6 +7,8 @@ vision tower's ``qkv`` and the audio encoder live elsewhere or under other names
 
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from ..model import AVMemModel
@@ -23,7 +25,7 @@ def add_lora(model: AVMemModel, settings: LoraSettings) -> dict:
         raise ValueError("the backbone already carries LoRA layers")
     names = "|".join(settings.targets)
     pattern = rf"model\.language_model\.layers\.\d+\.self_attn\.({names})"
-    found = [n for n, _ in llm.named_modules() if _fullmatch(pattern, n)]
+    found = [n for n, _ in llm.named_modules() if re.fullmatch(pattern, n)]
     for target in settings.targets:
         if not any(n.endswith("." + target) for n in found):
             raise ValueError(f"lora.targets: '{target}' is not an attention projection of the language model's "
@@ -48,8 +50,3 @@ def lora_state(llm: nn.Module | dict) -> dict:
     items = llm.items() if isinstance(llm, dict) else llm.state_dict().items()
     return {n: t for n, t in items if ".lora_A." in n or ".lora_B." in n}
 
-
-def _fullmatch(pattern: str, name: str) -> bool:
-    import re
-
-    return re.fullmatch(pattern, name) is not None
