@@ -88,7 +88,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from ..memory.kv.omnimem import OmniMemPolicy
     from ..model import _with_cg_iters, load_model
     from ..session import SessionSettings
-    from .data import Skipped, VideoQADataset, check_media, collate_single, load_records
+    from .data import VideoQADataset, check_media, collate_single, load_records
     from .forward import TrainableAVMem
     from .lora import add_lora
 
