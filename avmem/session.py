@@ -481,6 +481,18 @@ class StreamSession:
         return max(range(len(options)), key=lambda k: logp[k]), logp
 
     @torch.no_grad()
+    def score_answers(self, question: str, answers: list[str]) -> tuple[int, list[float]]:
+        """Multiple choice by the likelihood of whole answers: log p(answer + end of turn | memory, question)
+        for each of ``answers``, and the index of the most likely."""
+        if len(answers) < 2 or not all(isinstance(a, str) and a.strip() for a in answers):
+            raise ValueError(f"score_answers: give at least two non-empty answers, got {answers}")
+        cache, logits, next_position = self._answer_start(question)
+        end = self.model.backbone.tokens.im_end
+        bb = self.model.backbone
+        logp = [bb.sequence_logprob(cache, logits, next_position, [*self._text_ids(a), end]) for a in answers]
+        return max(range(len(answers)), key=lambda k: logp[k]), logp
+
+    @torch.no_grad()
     def _answer_start(self, question: str):
         """Run the memory and ``question`` through the session's reader: (cache, first answer logits, next
         position)."""

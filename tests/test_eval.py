@@ -70,3 +70,45 @@ def test_cli_eval_writes_json(bench, tmp_path):
     assert data["summary"]["all"]["n"] == len(data["results"]) > 0
     bad = runner.invoke(app, ["eval", str(bench / "test.json"), "--model", "tiny-qwen3-vl", "--method", "vote"])
     assert bad.exit_code == 2 and "method must be one of" in bad.stderr
+
+
+def test_questions_are_asked_when_the_stream_reaches_them(tmp_path):
+    from avmem.model import load_model
+    from avmem.session import SessionSettings
+
+    generate(tmp_path, "val", 1, seconds=(90, 90), size=(64, 64), fps=1, seed=4, questions=11, times=4, style="text")
+    settings = SessionSettings(video_tokens=512, audio_tokens=32, max_pixels=64 * 64)
+    results = evaluate_mcq(load_model("tiny-qwen3-vl"), tmp_path / "val.json", settings, method="text")
+    asked = {r.asked_at for r in results}
+    assert len(asked) > 1 and max(asked) < 90
+    per_frame_pair = 4  # 64 x 64 frames: 2 x 2 merged tokens per temporal patch
+    for r in results:
+        if r.task_type == "background_now":  # the evidence is the newest frame: at most two patches back
+            assert r.tokens_since_event <= 2 * per_frame_pair, r
+        assert r.tokens_since_event <= r.asked_at / 2 * per_frame_pair + per_frame_pair
+
+
+def test_answer_scores_equal_token_by_token_decoding():
+    import torch
+
+    from avmem.model import load_model
+    from avmem.session import StreamSession
+
+    s = StreamSession(load_model("tiny-qwen3-vl"), video_tokens=64, max_pixels=64 * 64)
+    s.feed(frames=np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8), t=[0.0, 1.0, 2.0, 3.0])
+    answers = ["a rising chirp", "red", "triangle"]
+    index, scores = s.score_answers("Which one?", answers)
+    bb = s.model.backbone
+    for answer, score in zip(answers, scores):
+        cache, logits, pos = s._answer_start("Which one?")
+        total = 0.0
+        with torch.no_grad():
+            for tok in [*s._text_ids(answer), bb.tokens.im_end]:
+                total += float(torch.log_softmax(logits.float(), -1)[tok])
+                logits = bb.forward_embeds(bb.embed(torch.tensor([tok])), torch.full((3, 1), pos), cache, None, None)
+                pos += 1
+        assert score == pytest.approx(total, abs=1e-4)
+    assert index == int(np.argmax(scores))
+    assert s.score_answers("Which one?", answers)[1] == pytest.approx(scores, abs=1e-6)  # the cache was not changed
+    with pytest.raises(ValueError, match="at least two"):
+        s.score_answers("Which one?", ["red"])

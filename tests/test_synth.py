@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from avmem.cli import app
-from avmem.synth.benchmark import (BACKGROUNDS, COLOURS, LETTERS, generate, load_annotations, extract_letter,
-                                   video_seed)
+from avmem.synth.benchmark import (BACKGROUNDS, COLOURS, LETTERS, TASKS, generate, load_annotations,
+                                   extract_letter, video_seed)
 
 runner = CliRunner()
 
@@ -19,13 +19,23 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    generate(out, "test", 3, seconds=(90, 150), size=(96, 96), fps=2, seed=7, questions=12)
+    generate(out, "test", 3, seconds=(90, 150), size=(96, 96), fps=2, seed=7, questions=22)
+    return out
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """Questions asked at several quiet moments, training prompts in the text style."""
+    out = tmp_path_factory.mktemp("live")
+    generate(out, "val", 3, seconds=(90, 150), size=(64, 64), fps=1, seed=5, questions=22, times=5, style="text")
     return out
 
 
 def _truth(q: dict, ev: dict) -> str:
-    """Answer of ``q`` computed from the events file alone."""
-    vis, aud = ev["visual"], ev["audio"]
+    """Answer of ``q`` computed from the events file alone (only what ended before the question was asked)."""
+    asked = q["asked_at"]
+    vis = [e for e in ev["visual"] if e["end"] <= asked]
+    aud = [a for a in ev["audio"] if a["end"] <= asked]
     text = q["question"]
 
     def on_screen(t):
@@ -55,6 +65,18 @@ def _truth(q: dict, ev: dict) -> str:
         digit = int(text.split("digit ")[1].split(" appeared")[0])
         e = next(e for e in vis if e["digit"] == digit)
         return background((e["start"] + e["end"]) / 2)
+    if q["task_type"] == "scene_shape":
+        e = next(e for e in vis if f"the {e['colour']} {e['shape']} appeared" in text)
+        return background((e["start"] + e["end"]) / 2)
+    last = max(vis, key=lambda e: e["end"])
+    if q["task_type"] == "last_shape":
+        return last["shape"]
+    if q["task_type"] == "last_colour":
+        return last["colour"]
+    if q["task_type"] == "last_sound":
+        return max(aud, key=lambda a: a["end"])["sound"]
+    if q["task_type"] == "background_now":
+        return background(asked - 1)
     raise AssertionError(q["task_type"])
 
 
@@ -71,12 +93,34 @@ def test_answers_match_an_independent_check(bench):
             assert len({o[3:] for o in q["options"]}) == 4
             assert 0 <= q["event_time"] <= q["asked_at"] == item["duration"]
             letters.append(q["answer"])
-    assert tasks == {"recall", "counting", "ordering", "av_shape", "av_sound", "scene"}
+    assert tasks == set(TASKS)
     assert len(set(letters)) >= 3  # the correct letter is not always the same
 
 
+def test_questions_asked_during_the_video_concern_only_the_past(live):
+    annotations = json.loads((live / "val.json").read_text())
+    events = {e["video_id"]: e for e in json.loads((live / "val_events.json").read_text())}
+    train = {t["question_id"]: t for t in json.loads((live / "val_train.json").read_text())}
+    for item in annotations:
+        ev = events[item["video_id"]]
+        asked = sorted({q["asked_at"] for q in item["questions"]})
+        assert len(asked) > 1 and asked[-1] < item["duration"]
+        for t in asked:  # a quiet moment: nothing on screen or sounding for 2 s, no scene change for 3 s
+            assert not any(e["start"] < t and e["end"] > t - 2 for e in ev["visual"] + ev["audio"])
+            assert not any(t - 3 < s["start"] < t for s in ev["scenes"][1:])
+        for q in item["questions"]:
+            correct = q["options"][LETTERS.index(q["answer"])][3:]
+            assert correct == _truth(q, ev), q
+            assert q["event_time"] <= q["asked_at"]
+            sample = train[q["question_id"]]
+            assert sample["timestamps"] == [0.0, q["asked_at"]]
+            human, gpt = (turn["value"] for turn in sample["conversations"])
+            assert gpt == correct and q["question"] in human
+            assert all(o[3:] in human for o in q["options"]) and "A." not in human
+
+
 def test_deterministic_and_splits_never_share_videos(bench, tmp_path):
-    generate(tmp_path / "again", "test", 3, seconds=(90, 150), size=(96, 96), fps=2, seed=7, questions=12)
+    generate(tmp_path / "again", "test", 3, seconds=(90, 150), size=(96, 96), fps=2, seed=7, questions=22)
     assert (tmp_path / "again" / "test.json").read_text() == (bench / "test.json").read_text()
     assert (tmp_path / "again" / "test_events.json").read_text() == (bench / "test_events.json").read_text()
     seeds = {split: {video_seed(7, split, i) for i in range(500)} for split in ("train", "val", "test")}

@@ -12,6 +12,8 @@ flattened in (t, h/m, w/m, m, m, C, tp, p, p) order.
 
 from __future__ import annotations
 
+import copy
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +243,21 @@ class QwenVLBackbone:
         return self.decode(cache, logits, int(positions.max()) + 1, max_new_tokens)
 
     @torch.no_grad()
+    def sequence_logprob(self, cache: DynamicCache, logits: Tensor, next_position: int, ids: list[int]) -> float:
+        """log p(ids) continuing a prefilled ``cache`` whose last logits are ``logits`` (the cache is left as
+        it was)."""
+        if not ids:
+            raise ValueError("sequence_logprob: empty continuation")
+        total = torch.log_softmax(logits.float(), dim=-1)[ids[0]]
+        if len(ids) > 1:
+            branch = copy.deepcopy(cache)
+            n = len(ids) - 1
+            pos = torch.arange(next_position, next_position + n).expand(3, n)
+            hidden = self.hidden_states(self.embed(torch.tensor(ids[:-1])), pos, branch, None, None)
+            logp = torch.log_softmax(self.model.lm_head(hidden).float(), dim=-1)
+            total = total + logp[torch.arange(n), torch.tensor(ids[1:])].sum()
+        return float(total)
+
     def decode(self, cache: DynamicCache, logits: Tensor, next_position: int, max_new_tokens: int) -> list[int]:
         """Greedy decoding from a prefilled ``cache`` whose last logits are ``logits``."""
         nxt = next_position

@@ -1,9 +1,11 @@
 """Multiple-choice evaluation on Video-MME-like annotations (the synthetic benchmark's ``{split}.json``).
 
-Every video is streamed through a fresh :class:`~avmem.session.StreamSession`; its questions are asked
-at the end. The answer is either the option letter the model rates most likely as the first answer token
-(``likelihood``, robust for small models) or the letter extracted from a generated reply with the
-Video-MME scorer's rule (``generate``; an unparseable reply counts as wrong here).
+Every video is streamed through a fresh :class:`~avmem.session.StreamSession`; each question is asked
+when the stream reaches its ``asked_at`` time (the end of the video for end-of-video questions). The
+answer is the option letter the model rates most likely as the first answer token after the Video-MME
+prompt (``likelihood``), the option whose text the model rates most likely after the text-style prompt
+(``text``, for models trained to answer with the option itself), or the letter extracted from a
+generated reply with the Video-MME scorer's rule (``generate``; an unparseable reply counts as wrong).
 
 Each result records how far back the asked-about event lies, in video tokens produced after it: an event
 is *inside* the token memory when a first-in-first-out memory of the session's capacity would still
@@ -17,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..media import FileSource, VideoFrame
 from ..session import SessionSettings, StreamSession
-from ..synth.benchmark import LETTERS, extract_letter, load_annotations
+from ..synth.benchmark import LETTERS, Question, extract_letter, load_annotations
 
-METHODS = ("likelihood", "generate")
+METHODS = ("likelihood", "text", "generate")
 
 
 @dataclass
@@ -54,23 +57,43 @@ def evaluate_mcq(model, annotations: str | Path, settings: SessionSettings | Non
         if not video.is_file():
             raise ValueError(f"{annotations}: video {video} not found")
         session = StreamSession(model, settings)
-        session.feed_file(video)
-        session.flush()
-        log = session.state.patches
-        produced = int(session.state.video_ids)
-        for q in questions:
-            if method == "likelihood":
-                index, _ = session.choose(q.prompt(), list(LETTERS))
-                predicted = LETTERS[index]
-            else:
-                predicted = extract_letter(session.ask(q.prompt(), max_new_tokens=8))
-            patch = int(np.searchsorted(log.times, q.event_time, side="right")) - 1 if len(log) else -1
-            since = produced - int(log.first_id[max(patch, 0)]) if len(log) else 0
-            results.append(MCQResult(q.question_id, q.task_type, q.answer, predicted, predicted == q.answer,
-                                     q.event_time, q.asked_at, since, since <= settings.video_tokens))
+        pending = sorted(questions, key=lambda q: q.asked_at)
+        for item in _media(video, session):
+            while pending and item.t >= pending[0].asked_at:
+                results.append(answer(session, pending.pop(0), method))
+            session.feed(frames=item.image, t=item.t) if isinstance(item, VideoFrame) else \
+                session.feed(audio=item.samples, audio_t=item.t)
+        results.extend(answer(session, q, method) for q in pending)
         if progress is not None:
             progress(k + 1, len(items))
     return results
+
+
+def _media(video: Path, session: StreamSession):
+    """The frames and audio chunks of ``video`` in time order, at the session's sampling."""
+    s = session.settings
+    source = FileSource(video, audio=s.use_audio, fps=s.fps, max_pixels=s.max_pixels, min_pixels=s.min_pixels,
+                        factor=session.model.backbone.vision.factor)
+    return iter(source)
+
+
+def answer(session: StreamSession, q: Question, method: str) -> MCQResult:
+    """Ask ``q`` now and score the reply; the session first absorbs what it has pending (as a stream that
+    ends at ``q.asked_at``, which is how training sees a question)."""
+    session.flush()
+    if method == "likelihood":
+        predicted = LETTERS[session.choose(q.prompt(), list(LETTERS))[0]]
+    elif method == "text":
+        predicted = LETTERS[session.score_answers(q.prompt("text"), q.option_texts)[0]]
+    else:
+        predicted = extract_letter(session.ask(q.prompt(), max_new_tokens=8))
+    st = session.state
+    log = st.patches
+    produced = int(st.video_ids)
+    patch = int(np.searchsorted(log.times, q.event_time, side="right")) - 1 if len(log) else -1
+    since = produced - int(log.first_id[max(patch, 0)]) if len(log) else 0
+    return MCQResult(q.question_id, q.task_type, q.answer, predicted, predicted == q.answer, q.event_time,
+                     q.asked_at, since, since <= session.settings.video_tokens)
 
 
 def bootstrap_ci(correct: np.ndarray, n: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:

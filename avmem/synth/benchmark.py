@@ -13,6 +13,17 @@ how far back the answer lies:
 * ``av_shape``   what shape was on screen the first time <sound> played?   (on screen when the sound X played)
 * ``av_sound``   which sound played while the <colour> <shape> was on screen?   (audio-visual association)
 * ``scene``      what colour was the background when the digit <d> appeared?
+* ``scene_shape``  what colour was the background when the <colour> <shape> appeared?
+
+and four *live* questions about what just happened (always inside any memory):
+
+* ``last_shape`` / ``last_colour``  the shape / colour of the most recent object;
+* ``last_sound``                    the most recent sound;
+* ``background_now``                the background colour now.
+
+Questions are asked at the end of the video or, with several ask times per video, at quiet moments
+(nothing on screen or sounding for 2 s, no scene change for 3 s) during it; a question asked at ``t``
+only concerns what happened before ``t``.
 
 Everything derives from ``(seed, split, index)``: the same call writes the same files, and the split
 name is part of every video's seed, so train / validation / test never share a video.
@@ -39,9 +50,13 @@ BACKGROUNDS = {"black": (20, 20, 20), "grey": (120, 120, 120), "white": (235, 23
 SHAPES = ("square", "circle", "triangle", "cross")
 SOUNDS = ("a low beep", "a high beep", "a rising chirp", "a falling chirp", "a double beep")
 SPOKEN = ("apple", "river", "candle", "window", "rocket")
-TASKS = ("recall", "counting", "ordering", "av_shape", "av_sound", "scene")
+LONG_TASKS = ("recall", "counting", "ordering", "av_shape", "av_sound", "scene", "scene_shape")
+LIVE_TASKS = ("last_shape", "last_colour", "last_sound", "background_now")
+TASKS = LONG_TASKS + LIVE_TASKS
+STYLES = ("letter", "text")
 RATE = 16000
 LETTERS = "ABCD"
+TEXT_PROMPT = "Answer the question about the video with one of the options."
 PROMPT = ("Select the best answer to the following multiple-choice question based on the video. "
           "Respond with only the letter (A, B, C, or D) of the correct option.")
 
@@ -103,6 +118,18 @@ class Timeline:
     def visual_at(self, t: float) -> VisualEvent | None:
         return next((e for e in self.visual if e.start <= t < e.end), None)
 
+    def until(self, t: float) -> Timeline:
+        """What happened before ``t``: events that ended by then, scenes cut at ``t``."""
+        scenes = [Scene(s.start, min(s.end, t), s.colour) for s in self.scenes if s.start < t]
+        return Timeline(seconds=self.seconds, scenes=scenes, visual=[e for e in self.visual if e.end <= t],
+                        audio=[a for a in self.audio if a.end <= t])
+
+    def quiet(self, t: float) -> bool:
+        """Nothing on screen or sounding in [t - 2, t] and no scene change in [t - 3, t]: a clean moment to
+        ask the live questions."""
+        busy = any(e.start < t and e.end > t - 2 for e in [*self.visual, *self.audio])
+        return not busy and not any(t - 3 < s.start < t for s in self.scenes[1:])
+
 
 @dataclass
 class Question:
@@ -117,9 +144,24 @@ class Question:
     event_time: float
     asked_at: float
 
-    def prompt(self) -> str:
-        """The Video-MME prompt for this question."""
-        return "\n".join([PROMPT, self.question, *self.options, "The best answer is:"])
+    def prompt(self, style: str = "letter") -> str:
+        """The prompt for this question: ``letter`` = the Video-MME prompt (answer: a letter), ``text`` = the
+        question with its options listed (answer: the option's text)."""
+        if style == "letter":
+            return "\n".join([PROMPT, self.question, *self.options, "The best answer is:"])
+        if style == "text":
+            return "\n".join([TEXT_PROMPT, self.question, "Options: " + "; ".join(self.option_texts) + "."])
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+
+    @property
+    def option_texts(self) -> list[str]:
+        """The options without their letters."""
+        return [o[3:] for o in self.options]
+
+    @property
+    def answer_text(self) -> str:
+        """The correct option's text."""
+        return self.option_texts[LETTERS.index(self.answer)]
 
 
 @dataclass
@@ -178,19 +220,37 @@ def _options(correct: str, pool: list[str], rng: np.random.Generator) -> tuple[l
     return [f"{LETTERS[i]}. {c}" for i, c in enumerate(choice)], letter
 
 
+def ask_times(tl: Timeline, rng: np.random.Generator, n: int, earliest: float = 20.0) -> list[float]:
+    """``n`` ask times: the end of the video for ``n == 1``, else up to ``n`` distinct quiet whole seconds
+    after ``earliest`` (see :meth:`Timeline.quiet`), in order."""
+    if n == 1:
+        return [float(tl.seconds)]
+    quiet = [float(t) for t in range(int(min(earliest, tl.seconds)), tl.seconds + 1) if tl.quiet(t)]
+    if not quiet:
+        return [float(tl.seconds)]
+    return sorted(rng.choice(quiet, min(n, len(quiet)), replace=False).tolist())
+
+
 def make_questions(video_id: str, tl: Timeline, rng: np.random.Generator, per_video: int = 6,
-                   speech: bool = False) -> list[Question]:
-    """``per_video`` questions (task types in turn), all asked at the end of the video."""
-    asked = float(tl.seconds)
+                   speech: bool = False, times: list[float] | None = None,
+                   tasks: tuple[str, ...] = TASKS) -> list[Question]:
+    """``per_video`` questions (task types in turn from ``tasks``), asked in turn at ``times`` (default: the
+    end of the video); a question asked at ``t`` concerns only what happened before ``t``."""
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown or not tasks:
+        raise ValueError(f"tasks must be a non-empty selection of {', '.join(TASKS)}, got {list(tasks)}")
+    times = times or [float(tl.seconds)]
     sounds = list(SPOKEN if speech else SOUNDS)
     name = (lambda s: f'the word "{s}"') if speech else (lambda s: s)
     out: list[Question] = []
-    tasks = [TASKS[i % len(TASKS)] for i in range(per_video)]
-    rng.shuffle(tasks)
-    for k, task in enumerate(tasks):
+    order = [tasks[i % len(tasks)] for i in range(per_video)]
+    rng.shuffle(order)
+    for k, task in enumerate(order):
+        asked = times[k % len(times)]
+        seen = tl.until(asked)
         q = None
         for _ in range(20):  # a few tries: some tasks need particular events
-            q = _question(task, tl, rng, sounds, name)
+            q = _question(task, seen, rng, sounds, name, asked)
             if q is not None:
                 break
         if q is None:
@@ -198,14 +258,35 @@ def make_questions(video_id: str, tl: Timeline, rng: np.random.Generator, per_vi
         text, correct, pool, when = q
         options, letter = _options(correct, pool, rng)
         out.append(Question(f"{video_id}-{k + 1}", task, text, options, letter, round(when, 2), asked))
+    out.sort(key=lambda q: q.asked_at)
     return out
 
 
-def _question(task: str, tl: Timeline, rng: np.random.Generator, sounds: list[str], name):
-    """(text, correct option, option pool, event time) or None when this timeline cannot support ``task``."""
+def _question(task: str, tl: Timeline, rng: np.random.Generator, sounds: list[str], name, asked: float):
+    """(text, correct option, option pool, event time) or None when this timeline (what happened before
+    ``asked``) cannot support ``task``."""
     events = tl.visual
+    if task == "background_now":
+        return ("What colour is the background now?", tl.background_at(asked - 1), list(BACKGROUNDS), asked - 1)
+    if task == "last_sound":
+        if not tl.audio:
+            return None
+        a = tl.audio[-1]
+        return ("What was the most recent sound?", name(a.sound), [name(s) for s in sounds], a.start)
     if not events:
         return None
+    if task == "last_shape":
+        e = events[-1]
+        return ("What shape was shown most recently?", e.shape, list(SHAPES) + ["nothing"], e.start)
+    if task == "last_colour":
+        e = events[-1]
+        return ("What colour was the most recent shape?", e.colour, list(COLOURS), e.start)
+    if task == "scene_shape":
+        e = events[int(rng.integers(len(events)))]
+        if sum(1 for x in events if (x.colour, x.shape) == (e.colour, e.shape)) > 1:
+            return None
+        return (f"What colour was the background when the {e.colour} {e.shape} appeared?",
+                tl.background_at((e.start + e.end) / 2), list(BACKGROUNDS), e.start)
     if task == "recall":
         e = events[int(rng.integers(len(events)))]
         if sum(1 for x in events if (x.colour, x.shape) == (e.colour, e.shape)) > 1:
@@ -369,14 +450,22 @@ def write_video(path: Path, tl: Timeline, size: tuple[int, int] = (160, 160), fp
 
 def generate(out: str | Path, split: str, videos: int, seconds: tuple[int, int] = (60, 600),
              size: tuple[int, int] = (160, 160), fps: int = 2, seed: int = 0, questions: int = 6,
-             speech: bool = False, progress=None) -> list[SynthVideo]:
+             speech: bool = False, progress=None, times: int = 1, tasks: tuple[str, ...] = TASKS,
+             style: str = "letter") -> list[SynthVideo]:
     """Write ``videos`` videos of ``split`` into ``out/videos/`` and three JSON files:
 
     * ``out/{split}.json``: Video-MME-like annotations (one entry per video, questions nested, each with
       ``task_type``, ``options`` "A. ...", ``answer`` letter, ``event_time`` and ``asked_at``);
-    * ``out/{split}_train.json``: the same questions in the official training format (``avmem train``);
+    * ``out/{split}_train.json``: the same questions in the official training format (``avmem train``),
+      prompted in ``style`` (:meth:`Question.prompt`), each on the window [0, asked_at] of its video;
     * ``out/{split}_events.json``: the ground-truth timelines.
+
+    ``times`` ask times per video (1: all questions at the end), ``tasks`` the task types to draw from.
     """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if times <= 0:
+        raise ValueError(f"times must be > 0, got {times}")
     if not split or not split.replace("_", "").isalnum():
         raise ValueError(f"split must be a plain name such as train / val / test, got {split!r}")
     if videos <= 0 or questions <= 0:
@@ -394,7 +483,8 @@ def generate(out: str | Path, split: str, videos: int, seconds: tuple[int, int] 
         tl = make_timeline(length, rng, speech)
         vid = f"{split}_{i:04d}"
         path = write_video(out / "videos" / f"{vid}.mp4", tl, size, fps, speech)
-        made.append(SynthVideo(vid, path, tl, make_questions(vid, tl, rng, questions, speech)))
+        when = ask_times(tl, rng, times)
+        made.append(SynthVideo(vid, path, tl, make_questions(vid, tl, rng, questions, speech, when, tasks)))
         if progress is not None:
             progress(i + 1, videos)
     annotations = [{"video_id": v.video_id, "videoID": v.video_id, "video": f"videos/{v.path.name}",
@@ -402,8 +492,10 @@ def generate(out: str | Path, split: str, videos: int, seconds: tuple[int, int] 
                     "questions": [asdict(q) for q in v.questions]} for v in made]
     (out / f"{split}.json").write_text(json.dumps(annotations, indent=1))
     train = [{"video": f"videos/{v.path.name}", "use_audio": True, "question_id": q.question_id,
-              "conversations": [{"from": "human", "value": "<video>\n" + q.prompt()},
-                                {"from": "gpt", "value": q.answer}]} for v in made for q in v.questions]
+              "timestamps": [0.0, q.asked_at],
+              "conversations": [{"from": "human", "value": "<video>\n" + q.prompt(style)},
+                                {"from": "gpt", "value": q.answer if style == "letter" else q.answer_text}]}
+             for v in made for q in v.questions]
     (out / f"{split}_train.json").write_text(json.dumps(train, indent=1))
     events = [{"video_id": v.video_id, "seconds": v.timeline.seconds,
                "scenes": [asdict(s) for s in v.timeline.scenes], "visual": [asdict(e) for e in v.timeline.visual],

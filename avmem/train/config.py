@@ -52,6 +52,7 @@ class TrainConfig:
         reader: "full" (the whole memory reaches the LLM) or "omnimem" (budget-aware fine-tuning: the
             loss runs through OmniMem's compressed forward with ``budget_file`` / ``read_tokens``).
         precision: "auto" = bf16 frozen weights on CUDA (trainable weights in fp32), fp32 on CPU.
+        video_policy / bank_step: the video token memory's compression (see :class:`avmem.SessionSettings`).
         resume: continue from the newest ``checkpoint-N`` in ``output_dir`` ("latest") or a given folder.
         validate_samples: decode-probe this many samples before training starts.
     """
@@ -65,6 +66,8 @@ class TrainConfig:
     min_pixels: int = 784
     video_tokens: int = 16384
     audio_tokens: int = 4096
+    video_policy: str = "discard"
+    bank_step: int = 4096
     use_audio: bool = True
     use_ttt: bool = True
     new_ttt: bool = False
@@ -112,7 +115,7 @@ class TrainConfig:
             raise ValueError("config: 'data' is required (official-format JSON/JSONL files)")
         if not self.output_dir:
             raise ValueError("config: 'output_dir' is required")
-        positive = ("ttt_heads", "ttt_mini_batch", "fps", "max_frames", "max_pixels", "min_pixels", "video_tokens", "audio_tokens", "epochs",
+        positive = ("ttt_heads", "ttt_mini_batch", "fps", "max_frames", "max_pixels", "min_pixels", "video_tokens", "audio_tokens", "bank_step", "epochs",
                     "grad_accum", "read_tokens", "read_chunk", "logging_steps", "save_steps")
         for name in positive:
             value = getattr(self, name)
@@ -151,6 +154,10 @@ class TrainConfig:
         if self.use_lora and (self.train_vision or self.train_audio):
             raise ValueError("config: train_vision / train_audio save whole models, which cannot hold LoRA layers; "
                              "set use_lora: false (with train_llm: true to train the LLM too)")
+        from ..session import POLICIES
+
+        if self.video_policy not in POLICIES:
+            raise ValueError(f"config: 'video_policy' must be one of {', '.join(POLICIES)}, got {self.video_policy!r}")
         if self.memory_layer not in ("ttt", "mamba2"):
             raise ValueError(f"config: 'memory_layer' must be ttt or mamba2, got {self.memory_layer!r}")
         if self.memory_layer == "mamba2" and (not self.new_ttt or self.use_lora):

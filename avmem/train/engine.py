@@ -136,7 +136,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         model = _with_cg_iters(model, cfg.cg_iters)
     settings = SessionSettings(fps=cfg.fps, max_pixels=cfg.max_pixels, min_pixels=cfg.min_pixels,
                                video_tokens=cfg.video_tokens, audio_tokens=cfg.audio_tokens,
-                               use_audio=cfg.use_audio, use_ttt=cfg.use_ttt)
+                               use_audio=cfg.use_audio, use_ttt=cfg.use_ttt, video_policy=cfg.video_policy,
+                               bank_step=cfg.bank_step)
     settings.check(model)
     whole = not cfg.use_lora  # whole parts trained: saved as avmem model folders, not release adapters
     if whole and accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
