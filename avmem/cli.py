@@ -7,7 +7,6 @@ import json
 import resource
 import sys
 import time
-from enum import Enum
 
 import typer
 from rich.console import Console
@@ -17,12 +16,6 @@ from . import __version__
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Long audio-visual streams under a fixed memory budget.")
 console = Console()
-
-
-class Update(str, Enum):
-    hf = "hf"
-    sgd = "sgd"
-    muon = "muon"
 
 
 MODEL_OPT = typer.Option(None, "--model", help="Model folder, hub id, or tiny-qwen3-vl / tiny-qwen2.5-vl.")
@@ -62,45 +55,81 @@ def user_errors(fn):
 @app.command()
 @user_errors
 def demo(
-    seconds: int = typer.Option(60, help="Length of the generated clip (4 .. 3600 s)."),
-    update: Update = typer.Option(Update.hf, help="TTT fast-weight update rule."),
-    memory_tokens: int = typer.Option(512, help="Capacity of the token memory (>= 64)."),
+    seconds: int = typer.Option(600, help="Length of the generated clip (60 .. 3600 s)."),
+    memory_tokens: int = typer.Option(128, help="Capacity of the video token memory (the demo model's: 128)."),
+    questions: int = typer.Option(24, help="Questions asked during the stream."),
+    seed: int = typer.Option(0, help="Seed of the generated clip and its questions."),
+    plot: str = typer.Option("avmem_demo.png", help="Where to write the PNG plot ('' for none)."),
+    model: str = typer.Option(None, help="Another model to run instead of the embedded demo model."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
-    """Generate a test clip, stream it at 1 FPS through the TTT memory and the token bank, print telemetry."""
+    """Generate a ~10-minute clip, stream it at 1 FPS through the embedded demo model, ask questions while it plays,
+    print answers next to the truth with memory telemetry, and plot the memory over time."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     from .demo import DemoSettings, run_demo
 
-    settings = DemoSettings(seconds=seconds, update=update.value, memory_tokens=memory_tokens)
-    table = Table(title=f"avmem demo: {seconds}s clip, TTT {update.value}, memory {memory_tokens} tokens")
-    for col in ("t (s)", "frames", "tokens in", "mem tokens", "oldest kept (s)", "mem KB", "TTT KB", "TTT loss",
-                "ms/frame"):
-        table.add_column(col, justify="right")
-
-    def on_row(row) -> None:
-        table.add_row(f"{row.video_s:.0f}", str(row.frames), str(row.tokens_in), str(row.memory_tokens),
-                      f"{row.oldest_kept_s:.0f}", f"{row.memory_kb:.0f}", f"{row.ttt_state_kb:.0f}",
-                      f"{row.ttt_loss:.2f}", f"{row.ms_per_frame:.1f}")
-
+    settings = DemoSettings(seconds=seconds, video_tokens=memory_tokens, questions=questions, seed=seed,
+                            model=model, plot=plot or None)
+    settings.check()
     if json_out:
-        report = run_demo(settings)
-        print(json.dumps(report.to_dict()))
+        print(json.dumps(run_demo(settings).to_dict()))
         return
-    with console.status("streaming the generated clip..."):
-        report = run_demo(settings, on_row=on_row)
-    console.print(table)
-    console.print(
-        f"{report.frames} frames ({report.seconds:.0f} s, {report.tokens_in} visual tokens) absorbed; memory holds "
-        f"{report.memory_tokens} tokens ({report.memory_bytes / 1024:.0f} KB) + TTT fast weights "
-        f"({report.ttt_state_bytes / 1024:.0f} KB), whatever the length. "
-        f"{report.elapsed_s:.1f} s, peak RSS {report.peak_rss_mb:.0f} MB."
-    )
+    answers = Table(title="questions asked while the clip plays")
+    for col in ("t", "task", "question", "model", "truth", ""):
+        answers.add_column(col)
+
+    def on_answer(a) -> None:
+        mark = "[green]yes[/green]" if a.correct else "[red]no[/red]"
+        bar.console.print(f"  {_clock(a.asked_at)}  {a.question}  ->  {a.predicted}  (truth: {a.truth}) {mark}")
+        answers.add_row(_clock(a.asked_at), a.task, a.question, a.predicted, a.truth, mark)
+
+    columns = (TextColumn("[bold]streaming[/bold] {task.completed:.0f}/{task.total:.0f} s of video"), BarColumn(),
+               TimeElapsedColumn())
+    console.print(f"avmem demo: generating a {seconds} s synthetic clip (shapes with digits on coloured scenes, "
+                  f"beeps and chirps), then streaming it at 1 FPS through the demo model")
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("stream", total=seconds)
+        report = run_demo(settings, on_progress=lambda t, total: bar.update(task, completed=min(t, total)),
+                          on_answer=on_answer)
+    console.print(answers)
+    right = sum(a.correct for a in report.answers)
+    live = [a for a in report.answers if a.task in LIVE]
+    past = [a for a in report.answers if a.task not in LIVE]
+    console.print(f"accuracy {right}/{len(report.answers)} = {report.accuracy:.0%} (chance 25 %): "
+                  f"about what just happened {_frac(live)}, about earlier events {_frac(past)}")
+    telemetry = Table(title="memory telemetry")
+    for col in ("t", "video tokens seen", "video tokens held", "audio tokens held", "memory KB", "TTT loss",
+                "elapsed s"):
+        telemetry.add_column(col, justify="right")
+    step = max(1, len(report.points) // 10)
+    for p in report.points[::step] + ([report.points[-1]] if (len(report.points) - 1) % step else []):
+        telemetry.add_row(_clock(p.t), str(p.video_tokens_in), str(p.video_tokens_held), str(p.audio_tokens_held),
+                          f"{p.memory_kb:.0f}", "-" if p.ttt_loss is None else f"{p.ttt_loss:.3f}", f"{p.elapsed_s:.1f}")
+    console.print(telemetry)
+    console.print(f"{report.frames} frames streamed in {report.stream_s:.0f} s (clip written in {report.generate_s:.0f} s); "
+                  f"memory {report.memory_bytes / 1024:.0f} KB + TTT fast weights {report.ttt_state_bytes / 1024:.0f} KB "
+                  f"whatever the length; peak RSS {report.peak_rss_mb:.0f} MB"
+                  + (f"; plot: {report.plot}" if report.plot else ""))
+
+
+LIVE = ("last_shape", "last_colour", "last_sound", "background_now")
+
+
+def _clock(t: float) -> str:
+    return f"{int(t) // 60}:{int(t) % 60:02d}"
+
+
+def _frac(rows) -> str:
+    return f"{sum(a.correct for a in rows)}/{len(rows)}" if rows else "-"
 
 
 def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_tokens: int, audio_tokens: int,
                  no_audio: bool, no_ttt: bool, cg_iters: int, device: str, max_new_tokens: int,
                  video_policy: str = "discard", audio_policy: str = "merge", reader: str = "full",
                  read_tokens: int = 16384, read_chunk: int = 16384, read_per_layer: bool = False,
-                 budget_file: str | None = None, omni_lambda: float = 0.02, incremental: bool = False):
+                 budget_file: str | None = None, omni_lambda: float = 0.02, incremental: bool = False,
+                 bank_step: int | None = 4096):
     """Load the model and open a session; notes go to stderr."""
     from .model import load_model
     from .session import StreamSession
@@ -135,7 +164,7 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
                             max_new_tokens=max_new_tokens, video_policy=video_policy, audio_policy=audio_policy,
                             reader=reader, read_tokens=read_tokens, read_chunk=read_chunk,
                             read_joint=not read_per_layer, budget_file=budget_file, omni_lambda=omni_lambda,
-                            incremental=incremental)
+                            incremental=incremental, bank_step=bank_step)
     return model, session
 
 
@@ -449,7 +478,8 @@ def budgets_show(
 def eval_mcq(
     annotations: str = typer.Argument(..., help="Video-MME-like annotations (e.g. OUT/test.json of avmem synth)."),
     model: str = MODEL_OPT,
-    method: str = typer.Option("likelihood", help="likelihood (rate the option letters) or generate."),
+    method: str = typer.Option("likelihood", help="likelihood (rate the option letters), text (rate the option "
+                               "texts after the text-style prompt) or generate."),
     fps: float = FPS_OPT,
     max_pixels: int = MAX_PIXELS_OPT,
     video_tokens: int = VIDEO_TOKENS_OPT,
@@ -458,6 +488,8 @@ def eval_mcq(
     no_ttt: bool = NO_TTT_OPT,
     reader: str = READER_OPT,
     read_tokens: int = READ_TOKENS_OPT,
+    video_policy: str = typer.Option("discard", help="Video memory compression: discard, discard-prev or merge."),
+    bank_step: int = typer.Option(4096, help="Tokens absorbed per memory compression (the demo model's: 32)."),
     max_videos: int = typer.Option(None, help="Only the first N videos."),
     device: str = typer.Option("cpu", help="torch device."),
     json_out: str = typer.Option(None, "--json", help="Also write every answer and the summary to this file."),
@@ -467,7 +499,8 @@ def eval_mcq(
 
     _, session = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
                               audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=None,
-                              device=device, max_new_tokens=8, reader=reader, read_tokens=read_tokens)
+                              device=device, max_new_tokens=8, reader=reader, read_tokens=read_tokens,
+                              video_policy=video_policy, bank_step=bank_step)
     from rich.progress import Progress
 
     with Progress(console=console, transient=True) as bar:
@@ -499,18 +532,29 @@ def synth(
     questions: int = typer.Option(6, help="Questions per video."),
     seed: int = typer.Option(0, help="Benchmark seed."),
     speech: bool = typer.Option(False, "--speech", help="Spoken words (espeak-ng) instead of beeps and chirps."),
+    times: int = typer.Option(1, help="Ask times per video: 1 = at the end, more = also at quiet moments."),
+    tasks: str = typer.Option("all", help="Comma-separated task types and groups (all, long, live)."),
+    style: str = typer.Option("letter", help="Training prompts: letter (Video-MME) or text (answer = option)."),
 ) -> None:
     """Write a synthetic long-video benchmark with known answers (Video-MME-like JSON + training JSON)."""
     from rich.progress import Progress
 
-    from .synth.benchmark import generate
+    from .synth.benchmark import LIVE_TASKS, LONG_TASKS, TASKS, generate
 
+    groups = {"all": TASKS, "long": LONG_TASKS, "live": LIVE_TASKS}
+    chosen = tuple(dict.fromkeys(t for name in tasks.split(",") if name.strip()
+                                 for t in groups.get(name.strip(), (name.strip(),))))
+    bad = [t for t in chosen if t not in TASKS]
+    if bad or not chosen:
+        raise ValueError(f"--tasks: unknown task {', '.join(bad) or tasks!r} (choose from {', '.join(TASKS)}, "
+                         "or the groups all, long, live)")
     if size % 2:
         raise ValueError(f"--size must be even, got {size}")
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"writing {split}", total=videos)
         made = generate(out, split, videos, (min_seconds, max_seconds), (size, size), fps, seed, questions, speech,
-                        progress=lambda done, total: bar.update(task, completed=done))
+                        progress=lambda done, total: bar.update(task, completed=done), times=times, tasks=chosen,
+                        style=style)
     n_q = sum(len(v.questions) for v in made)
     hours = sum(v.timeline.seconds for v in made) / 3600
     console.print(f"{len(made)} videos ({hours:.2f} h), {n_q} questions -> {out}/{split}.json, "

@@ -1,8 +1,13 @@
-"""The no-download demo: a generated clip streamed at 1 FPS through a random patch encoder, the TTT
-memory and the fixed-size token bank, with memory telemetry.
+"""The no-download demo (``avmem demo``): a generated ~10-minute clip streamed at 1 FPS through the
+embedded demo model, questions asked while it plays, answers printed next to the truth, memory telemetry
+and a PNG plot of the memory over time.
 
-A later issue replaces the random encoder with the trained demo model; this one shows the memory
-mechanics (bounded token memory, constant-size fast weights, TTT loss) on real decoded video.
+The demo model (``avmem/demo_model/``) is ``small-qwen3-vl`` (a 4-layer Qwen3-VL, its vision tower, a
+Whisper encoder + window Q-Former and a TTT_HF memory layer, all scaled down) trained from scratch with
+``avmem train avmem/train/configs/demo.yaml`` on the synthetic benchmark (``docs/demo_model.md``). The clip
+is a fresh synthetic video (split ``demo``: never seen in training). Questions of the kinds the model was
+trained on are asked at quiet moments during the stream; each is answered by the likelihood of its
+options' texts after the question alone (``StreamSession.score_answers``).
 """
 
 from __future__ import annotations
@@ -10,148 +15,202 @@ from __future__ import annotations
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
-from .media import sample_frames
-from .memory.bank import NextSimilarityDiscard, TokenBank
-from .memory.ttt import TTTConfig, TTTMemory, official_positions
-from .synth import write_test_pattern_clip
-
-
-class RandomPatchEncoder(nn.Module):
-    """Stand-in vision tower: non-overlapping patches -> fixed random linear map -> LayerNorm.
-
-    Input RGB uint8 [H, W, 3] with H, W multiples of ``patch``; output [H/patch * W/patch, dim].
-    """
-
-    def __init__(self, dim: int, patch: int = 16, seed: int = 0) -> None:
-        super().__init__()
-        self.patch = patch
-        gen = torch.Generator().manual_seed(seed)
-        self.proj = nn.Linear(3 * patch * patch, dim)
-        with torch.no_grad():
-            self.proj.weight.copy_(torch.randn(dim, 3 * patch * patch, generator=gen) / (3 * patch * patch) ** 0.5)
-            self.proj.bias.zero_()
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, frame: np.ndarray) -> Tensor:
-        p = self.patch
-        x = torch.from_numpy(frame).float().div_(255.0)
-        h, w = x.shape[0] // p, x.shape[1] // p
-        patches = x[: h * p, : w * p].reshape(h, p, w, p, 3).permute(0, 2, 1, 3, 4).reshape(h * w, -1)
-        return self.norm(self.proj(patches - 0.5))
+DEMO_MODEL = Path(__file__).parent / "demo_model"
+DEMO_TASKS = ("last_shape", "last_colour", "last_sound", "background_now", "scene_shape")  # what it was trained on
 
 
 @dataclass
 class DemoSettings:
-    seconds: int = 60
-    update: str = "hf"
-    memory_tokens: int = 512
-    dim: int = 64
-    num_heads: int = 4
-    frames_per_call: int = 2
+    """What the demo generates and how the session remembers it."""
+
+    seconds: int = 600
+    size: int = 128
+    questions: int = 24
+    asks: int = 8
+    video_tokens: int = 128
+    audio_tokens: int = 64
     seed: int = 0
+    model: str | None = None
+    plot: str | None = "avmem_demo.png"
+
+    def check(self) -> None:
+        if not 60 <= self.seconds <= 3600:
+            raise ValueError(f"--seconds must be in 60 .. 3600, got {self.seconds}")
+        if not 32 <= self.video_tokens <= 1 << 20:
+            raise ValueError(f"--memory-tokens must be in 32 .. 2^20, got {self.video_tokens}")
+        if not 1 <= self.questions <= 1000:
+            raise ValueError(f"--questions must be in 1 .. 1000, got {self.questions}")
+        if not 1 <= self.asks <= 100:
+            raise ValueError(f"--asks must be in 1 .. 100, got {self.asks}")
+        if self.size % 2 or not 64 <= self.size <= 1024:
+            raise ValueError(f"--size must be even and in 64 .. 1024, got {self.size}")
+        if self.plot and not Path(self.plot).parent.is_dir():
+            raise ValueError(f"--plot: folder {Path(self.plot).parent} does not exist")
 
 
 @dataclass
-class DemoRow:
-    video_s: float
-    frames: int
-    tokens_in: int
-    memory_tokens: int
-    oldest_kept_s: float
+class DemoAnswer:
+    """One question asked during the stream."""
+
+    asked_at: float
+    task: str
+    question: str
+    options: list[str]
+    predicted: str
+    truth: str
+    correct: bool
+    inside_memory: bool
+
+
+@dataclass
+class DemoPoint:
+    """Memory telemetry at ``t`` seconds of video."""
+
+    t: float
+    video_tokens_in: int
+    video_tokens_held: int
+    audio_tokens_held: int
     memory_kb: float
-    ttt_state_kb: float
-    ttt_loss: float
-    ms_per_frame: float
+    ttt_loss: float | None
+    elapsed_s: float
 
 
 @dataclass
 class DemoReport:
     settings: DemoSettings
-    rows: list[DemoRow] = field(default_factory=list)
+    answers: list[DemoAnswer] = field(default_factory=list)
+    points: list[DemoPoint] = field(default_factory=list)
+    accuracy: float = 0.0
+    chance: float = 0.25
     frames: int = 0
-    seconds: float = 0.0
-    tokens_in: int = 0
-    memory_tokens: int = 0
     memory_bytes: int = 0
     ttt_state_bytes: int = 0
-    elapsed_s: float = 0.0
+    generate_s: float = 0.0
+    stream_s: float = 0.0
     peak_rss_mb: float = 0.0
+    plot: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def run_demo(settings: DemoSettings, on_row: Callable[[DemoRow], None] | None = None,
-             clip: Path | None = None) -> DemoReport:
-    """Generate (or reuse) the clip, stream it, and report telemetry every 10 s of video."""
-    torch.manual_seed(settings.seed)
-    if settings.seconds < 4 or settings.seconds > 3600:
-        raise ValueError(f"--seconds must be in 4 .. 3600, got {settings.seconds}")
-    if settings.memory_tokens < 64:
-        raise ValueError(f"--memory-tokens must be >= 64 (one frame), got {settings.memory_tokens}")
-    encoder = RandomPatchEncoder(settings.dim, seed=settings.seed)
-    grid = (128 // encoder.patch, 128 // encoder.patch)
-    per_frame = grid[0] * grid[1]
-    cfg = TTTConfig(dim=settings.dim, num_heads=settings.num_heads, mini_batch=2 * per_frame,
-                    base_lr=1.0, update=settings.update, lag_distance=2 * per_frame, compat="clean")
-    ttt = TTTMemory(cfg)
-    bank = TokenBank(settings.memory_tokens, NextSimilarityDiscard())
-    report = DemoReport(settings=settings)
+def load_demo_model(source: str | None = None):
+    """The embedded demo model (or ``source``, any :func:`avmem.load_model` source)."""
+    from .model import load_model
 
+    if source is None:
+        if not (DEMO_MODEL / "avmem.json").is_file():
+            raise ValueError(f"the embedded demo model is missing ({DEMO_MODEL}); reinstall avmem or pass --model")
+        source = str(DEMO_MODEL)
+    return load_model(source)
+
+
+def run_demo(settings: DemoSettings, on_progress: Callable[[float, float], None] | None = None,
+             on_answer: Callable[[DemoAnswer], None] | None = None) -> DemoReport:
+    """Generate the clip, stream it asking the questions at their times, return the report (and write the plot)."""
+    from .eval.mcq import answer
+    from .media import FileSource, VideoFrame
+    from .session import SessionSettings, StreamSession
+    from .synth.benchmark import LETTERS, generate
+
+    settings.check()
+    model = load_demo_model(settings.model)
+    report = DemoReport(settings=settings)
     with tempfile.TemporaryDirectory() as tmp:
-        path = clip or write_test_pattern_clip(Path(tmp) / "demo.mp4", settings.seconds, seed=settings.seed)
         t0 = time.perf_counter()
-        state, memory, next_report = None, None, 10.0
-        frames = list(_batched(sample_frames(path, fps=1.0), settings.frames_per_call))
-        frame_times = [t for batch in frames for t, _ in batch]
-        with torch.no_grad():
-            for batch in frames:
-                tokens = torch.cat([encoder(f) for _, f in batch]).unsqueeze(0)
-                start = report.tokens_in
-                y, state = ttt(tokens, official_positions(grid, start, tokens.shape[1]), state)
-                memory = bank.append(memory, y[0], torch.arange(start, start + tokens.shape[1]))
-                report.frames += len(batch)
-                report.tokens_in += tokens.shape[1]
-                report.seconds = batch[-1][0] + 1.0
-                if report.seconds >= next_report or batch is frames[-1]:
-                    elapsed = time.perf_counter() - t0
-                    row = DemoRow(
-                        video_s=round(report.seconds, 1), frames=report.frames, tokens_in=report.tokens_in,
-                        memory_tokens=len(memory), oldest_kept_s=float(frame_times[int(memory.ids[0]) // per_frame]),
-                        memory_kb=memory.nbytes / 1024,
-                        ttt_state_kb=_state_bytes(state) / 1024, ttt_loss=float(state.last_loss.mean()),
-                        ms_per_frame=1000 * elapsed / report.frames,
-                    )
-                    report.rows.append(row)
-                    if on_row:
-                        on_row(row)
-                    next_report += 10.0
-        report.elapsed_s = time.perf_counter() - t0
-    report.memory_tokens = len(memory)
-    report.memory_bytes = memory.nbytes
-    report.ttt_state_bytes = _state_bytes(state)
+        video = generate(tmp, "demo", 1, seconds=(settings.seconds, settings.seconds), size=(settings.size,) * 2,
+                         fps=1, seed=settings.seed, questions=settings.questions, times=settings.asks,
+                         tasks=DEMO_TASKS, style="open")[0]
+        report.generate_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        session = StreamSession(model, SessionSettings(fps=1.0, max_pixels=9216, video_tokens=settings.video_tokens,
+                                                       audio_tokens=settings.audio_tokens, bank_step=32,
+                                                       chunk_frames=16))
+        pending = list(video.questions)
+
+        def ask(q) -> None:
+            result = answer(session, q, "open")
+            row = DemoAnswer(q.asked_at, q.task_type, q.question, q.option_texts,
+                             q.option_texts[LETTERS.index(result.predicted)], q.answer_text, result.correct,
+                             result.inside_memory)
+            report.answers.append(row)
+            if on_answer is not None:
+                on_answer(row)
+
+        next_point = 0.0
+        source = FileSource(video.path, fps=1.0, max_pixels=9216, min_pixels=784,
+                            factor=model.backbone.vision.factor)
+        for item in source:
+            while pending and item.t >= pending[0].asked_at:
+                ask(pending.pop(0))
+            if isinstance(item, VideoFrame):
+                session.feed(frames=item.image, t=item.t)
+                report.frames += 1
+                if item.t >= next_point:
+                    report.points.append(_point(session, item.t, time.perf_counter() - t0))
+                    next_point += 10.0
+                if on_progress is not None:
+                    on_progress(item.t + 1, settings.seconds)
+            else:
+                session.feed(audio=item.samples, audio_t=item.t)
+        for q in pending:  # asked at the very end
+            ask(q)
+        session.flush()
+        report.points.append(_point(session, float(settings.seconds), time.perf_counter() - t0))
+        report.stream_s = time.perf_counter() - t0
+    report.accuracy = float(np.mean([a.correct for a in report.answers])) if report.answers else float("nan")
+    report.memory_bytes = session.stats().memory_bytes
+    ttt = session.state.ttt
+    report.ttt_state_bytes = 0 if ttt is None else sum(t.numel() * t.element_size() for t in ttt.tensors().values())
     report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if settings.plot:
+        report.plot = str(write_plot(report, settings.plot))
     return report
 
 
-def _state_bytes(state) -> int:
-    return sum(t.numel() * t.element_size() for t in state.tensors().values())
+def _point(session, t: float, elapsed: float) -> DemoPoint:
+    stats = session.stats()
+    ttt = session.state.ttt
+    loss = getattr(ttt, "last_loss", None)
+    return DemoPoint(t=t, video_tokens_in=stats.video_tokens_in, video_tokens_held=stats.video_tokens_held,
+                     audio_tokens_held=stats.audio_tokens_held, memory_kb=stats.memory_bytes / 1024,
+                     ttt_loss=None if loss is None else float(loss.float().mean()), elapsed_s=elapsed)
 
 
-def _batched(items, n):
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def write_plot(report: DemoReport, path: str | Path) -> Path:
+    """PNG: video tokens seen vs held in memory, and the TTT reconstruction loss, over the clip; questions
+    marked at their times (green right, red wrong)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    t = [p.t for p in report.points]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    top.plot(t, [p.video_tokens_in for p in report.points], label="video tokens seen", color="0.6")
+    top.plot(t, [p.video_tokens_held for p in report.points], label="video tokens in memory", color="C0")
+    top.plot(t, [p.audio_tokens_held for p in report.points], label="audio tokens in memory", color="C1")
+    top.set_yscale("log")
+    top.set_ylabel("tokens")
+    top.legend(loc="upper left", fontsize=8)
+    for a in report.answers:
+        top.axvline(a.asked_at, color="C2" if a.correct else "C3", alpha=0.25, lw=1)
+    losses = [(p.t, p.ttt_loss) for p in report.points if p.ttt_loss is not None]
+    if losses:
+        bottom.plot(*zip(*losses), color="C4")
+    bottom.set_ylabel("TTT loss (before update)")
+    bottom.set_xlabel("video time (s)")
+    right = sum(a.correct for a in report.answers)
+    fig.suptitle(f"avmem demo: {report.settings.seconds} s clip, {right}/{len(report.answers)} answers right, "
+                 f"memory {report.settings.video_tokens} video tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

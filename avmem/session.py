@@ -127,6 +127,8 @@ class SessionSettings:
                      "block_tokens"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.bank_step is not None and int(self.bank_step) <= 0:
+            raise ValueError(f"bank_step must be > 0, got {self.bank_step}")
         if self.chunk_frames % 2:
             raise ValueError(f"chunk_frames must be even (2 frames per temporal patch), got {self.chunk_frames}")
         for name in ("video_policy", "audio_policy"):

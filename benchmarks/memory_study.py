@@ -34,12 +34,12 @@ import time
 from pathlib import Path
 
 VARIANTS = {
-    "ttt-hf": dict(use_ttt=True, new_ttt=True, memory_layer="ttt", ttt_update="hf", video_policy="discard"),
-    "ttt-sgd": dict(use_ttt=True, new_ttt=True, memory_layer="ttt", ttt_update="sgd", video_policy="discard"),
-    "ttt-muon": dict(use_ttt=True, new_ttt=True, memory_layer="ttt", ttt_update="muon", video_policy="discard"),
-    "mamba2": dict(use_ttt=True, new_ttt=True, memory_layer="mamba2", video_policy="discard"),
-    "discard": dict(use_ttt=False, video_policy="discard"),
-    "merge": dict(use_ttt=False, video_policy="merge"),
+    "ttt-hf": {"use_ttt": True, "new_ttt": True, "memory_layer": "ttt", "ttt_update": "hf", "video_policy": "discard"},
+    "ttt-sgd": {"use_ttt": True, "new_ttt": True, "memory_layer": "ttt", "ttt_update": "sgd", "video_policy": "discard"},
+    "ttt-muon": {"use_ttt": True, "new_ttt": True, "memory_layer": "ttt", "ttt_update": "muon", "video_policy": "discard"},
+    "mamba2": {"use_ttt": True, "new_ttt": True, "memory_layer": "mamba2", "video_policy": "discard"},
+    "discard": {"use_ttt": False, "video_policy": "discard"},
+    "merge": {"use_ttt": False, "video_policy": "merge"},
 }
 GROUPS = ("all", "inside memory", "outside memory")
 
@@ -69,7 +69,7 @@ def run_variant(name: str, args, out: Path) -> dict:
                                audio_tokens=args.audio_tokens, bank_step=32, chunk_frames=16,
                                use_ttt=spec["use_ttt"], video_policy=spec["video_policy"])
     t0 = time.perf_counter()
-    results = evaluate_mcq(model, args.test, settings, method="text", max_videos=args.max_videos)
+    results = evaluate_mcq(model, args.test, settings, method="open", max_videos=args.max_videos)
     eval_s = time.perf_counter() - t0
     summary = summarize(results)
     row = {"variant": name, "summary": summary, "train_s": train_s, "eval_s": eval_s, "steps": result.steps,
@@ -128,8 +128,8 @@ def smoke_data(folder: Path) -> tuple[Path, Path]:
     """Two short training clips and one test clip (for CI)."""
     from avmem.synth.benchmark import generate
 
-    generate(folder, "train", 2, seconds=(30, 40), size=(64, 64), fps=1, seed=0, questions=4, times=2, style="text")
-    generate(folder, "test", 1, seconds=(40, 40), size=(64, 64), fps=1, seed=0, questions=6, times=2, style="text")
+    generate(folder, "train", 2, seconds=(30, 40), size=(64, 64), fps=1, seed=0, questions=4, times=2, style="open")
+    generate(folder, "test", 1, seconds=(40, 40), size=(64, 64), fps=1, seed=0, questions=6, times=2, style="open")
     return folder / "train_train.json", folder / "test.json"
 
 
@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="Tiny model, generated clips, two steps (CI).")
+    p.add_argument("--report", action="store_true",
+                   help="Only rebuild the table and plot from OUT/<variant>/results.json (variants run in "
+                        "separate processes, e.g. two at a time on two cores).")
     args = p.parse_args(argv)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
@@ -167,21 +170,30 @@ def main(argv: list[str] | None = None) -> int:
         from avmem.demo import DEMO_MODEL
 
         args.base = str(DEMO_MODEL)
-    for name, path in (("--train", args.train), ("--test", args.test)):
-        if path is None or not path.is_file():
-            print(f"memory_study: {name} {path} is not a file (make the data with avmem synth ... --style text)",
-                  file=sys.stderr)
-            return 2
-    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        for name, path in (("--train", args.train), ("--test", args.test)):
+            if path is None or not path.is_file():
+                print(f"memory_study: {name} {path} is not a file (make the data with avmem synth ... --style text)",
+                      file=sys.stderr)
+                return 2
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            print(f"== {name}", flush=True)
+            run_variant(name, args, args.out)
     rows = []
     for name in names:
-        print(f"== {name}", flush=True)
-        rows.append(run_variant(name, args, args.out))
-        (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+        path = args.out / name / "results.json"
+        if not path.is_file():
+            print(f"memory_study: no results for {name} in {args.out}", file=sys.stderr)
+            return 2
+        row = json.loads(path.read_text())
+        row.pop("results")
+        rows.append(row)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     text = table(rows)
     (args.out / "table.md").write_text(text + "\n")
-    title = (f"{args.steps} fine-tuning steps per memory from {Path(args.base).name}; "
-             f"{args.video_tokens} video tokens; {args.test.name}")
+    steps = rows[0]["steps"]
+    title = f"{steps} fine-tuning steps per memory from the same model; {args.video_tokens} video tokens"
     plot(rows, args.out / "memory_study.png", title)
     print(text)
     for row in rows:

@@ -195,3 +195,31 @@ def test_cli_writes_a_split(tmp_path):
                                  "--max-seconds", "40", "--size", "64"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "val.json").read_text())[0]["duration"] == 40
+
+
+def test_cli_task_selection_ask_times_and_text_style(tmp_path):
+    result = runner.invoke(app, ["synth", str(tmp_path), "--split", "val", "--videos", "2", "--min-seconds", "80",
+                                 "--max-seconds", "80", "--size", "64", "--fps", "1", "--questions", "10",
+                                 "--times", "3", "--tasks", "live,scene_shape", "--style", "text"])
+    assert result.exit_code == 0, result.output
+    questions = [q for v in json.loads((tmp_path / "val.json").read_text()) for q in v["questions"]]
+    assert {q["task_type"] for q in questions} <= {"last_shape", "last_colour", "last_sound", "background_now",
+                                                    "scene_shape"}
+    assert len({q["asked_at"] for q in questions}) > 2
+    train = json.loads((tmp_path / "val_train.json").read_text())
+    assert all(t["conversations"][1]["value"] in t["conversations"][0]["value"] for t in train)
+    for args, needle in ((["--tasks", "live,juggling"], "juggling"), (["--style", "essay"], "style"),
+                         (["--times", "0"], "times")):
+        bad = runner.invoke(app, ["synth", str(tmp_path / "x"), "--videos", "1", "--min-seconds", "30",
+                                  "--max-seconds", "30", *args])
+        assert bad.exit_code == 2 and needle in bad.stderr, (args, bad.output)
+
+
+def test_prompt_styles(bench):
+    for q in load_annotations(bench / "test.json")[0][1]:
+        assert "The best answer is:" in q.prompt() and all(o in q.prompt() for o in q.options)
+        assert q.question in q.prompt("text") and all(t in q.prompt("text") for t in q.option_texts)
+        assert q.question in q.prompt("open") and not any(o in q.prompt("open") for o in q.options)
+        assert q.answer_text == q.options[LETTERS.index(q.answer)][3:]
+    with pytest.raises(ValueError, match="style"):
+        q.prompt("essay")

@@ -4,7 +4,8 @@ Every video is streamed through a fresh :class:`~avmem.session.StreamSession`; e
 when the stream reaches its ``asked_at`` time (the end of the video for end-of-video questions). The
 answer is the option letter the model rates most likely as the first answer token after the Video-MME
 prompt (``likelihood``), the option whose text the model rates most likely after the text-style prompt
-(``text``, for models trained to answer with the option itself), or the letter extracted from a
+(``text``, for models trained to answer with the option itself; ``open``: the same after the question
+alone, the options never shown, for models trained with ``--style open``), or the letter extracted from a
 generated reply with the Video-MME scorer's rule (``generate``; an unparseable reply counts as wrong).
 
 Each result records how far back the asked-about event lies, in video tokens produced after it: an event
@@ -23,7 +24,7 @@ from ..media import FileSource, VideoFrame
 from ..session import SessionSettings, StreamSession
 from ..synth.benchmark import LETTERS, Question, extract_letter, load_annotations
 
-METHODS = ("likelihood", "text", "generate")
+METHODS = ("likelihood", "text", "open", "generate")
 
 
 @dataclass
@@ -83,8 +84,8 @@ def answer(session: StreamSession, q: Question, method: str) -> MCQResult:
     session.flush()
     if method == "likelihood":
         predicted = LETTERS[session.choose(q.prompt(), list(LETTERS))[0]]
-    elif method == "text":
-        predicted = LETTERS[session.score_answers(q.prompt("text"), q.option_texts)[0]]
+    elif method in ("text", "open"):
+        predicted = LETTERS[session.score_answers(q.prompt(method), q.option_texts)[0]]
     else:
         predicted = extract_letter(session.ask(q.prompt(), max_new_tokens=8))
     st = session.state

@@ -53,10 +53,11 @@ SPOKEN = ("apple", "river", "candle", "window", "rocket")
 LONG_TASKS = ("recall", "counting", "ordering", "av_shape", "av_sound", "scene", "scene_shape")
 LIVE_TASKS = ("last_shape", "last_colour", "last_sound", "background_now")
 TASKS = LONG_TASKS + LIVE_TASKS
-STYLES = ("letter", "text")
+STYLES = ("letter", "text", "open")
 RATE = 16000
 LETTERS = "ABCD"
 TEXT_PROMPT = "Answer the question about the video with one of the options."
+OPEN_PROMPT = "Answer the question about the video in a few words."
 PROMPT = ("Select the best answer to the following multiple-choice question based on the video. "
           "Respond with only the letter (A, B, C, or D) of the correct option.")
 
@@ -146,11 +147,14 @@ class Question:
 
     def prompt(self, style: str = "letter") -> str:
         """The prompt for this question: ``letter`` = the Video-MME prompt (answer: a letter), ``text`` = the
-        question with its options listed (answer: the option's text)."""
+        question with its options listed (answer: the option's text), ``open`` = the question alone (answer:
+        the option's text; the options are only scored, never shown)."""
         if style == "letter":
             return "\n".join([PROMPT, self.question, *self.options, "The best answer is:"])
         if style == "text":
             return "\n".join([TEXT_PROMPT, self.question, "Options: " + "; ".join(self.option_texts) + "."])
+        if style == "open":
+            return "\n".join([OPEN_PROMPT, self.question])
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
 
     @property
