@@ -10,8 +10,16 @@ import pytest
 from typer.testing import CliRunner
 
 from avmem.cli import app
-from avmem.synth.benchmark import (BACKGROUNDS, COLOURS, LETTERS, TASKS, generate, load_annotations,
-                                   extract_letter, video_seed)
+from avmem.synth.benchmark import (
+    BACKGROUNDS,
+    COLOURS,
+    LETTERS,
+    TASKS,
+    extract_letter,
+    generate,
+    load_annotations,
+    video_seed,
+)
 
 runner = CliRunner()
 

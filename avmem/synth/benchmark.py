@@ -154,7 +154,7 @@ class Question:
         if style == "text":
             return "\n".join([TEXT_PROMPT, self.question, "Options: " + "; ".join(self.option_texts) + "."])
         if style == "open":
-            return "\n".join([OPEN_PROMPT, self.question])
+            return f"{OPEN_PROMPT}\n{self.question}"
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
 
     @property
