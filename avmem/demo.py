@@ -132,7 +132,7 @@ def run_demo(settings: DemoSettings, on_progress: Callable[[float, float], None]
         session = StreamSession(model, SessionSettings(fps=1.0, max_pixels=9216, video_tokens=settings.video_tokens,
                                                        audio_tokens=settings.audio_tokens, bank_step=32,
                                                        chunk_frames=16))
-        pending = list(video.questions)
+        pending = list({(q.asked_at, q.question): q for q in video.questions}.values())  # no repeats at one time
 
         def ask(q) -> None:
             result = answer(session, q, "open")
