@@ -68,6 +68,7 @@ def demo(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .demo import DemoSettings, run_demo
+    from .synth.benchmark import LIVE_TASKS
 
     settings = DemoSettings(seconds=seconds, video_tokens=memory_tokens, questions=questions, seed=seed,
                             model=model, plot=plot or None)
@@ -94,8 +95,8 @@ def demo(
                           on_answer=on_answer)
     console.print(answers)
     right = sum(a.correct for a in report.answers)
-    live = [a for a in report.answers if a.task in LIVE]
-    past = [a for a in report.answers if a.task not in LIVE]
+    live = [a for a in report.answers if a.task in LIVE_TASKS]
+    past = [a for a in report.answers if a.task not in LIVE_TASKS]
     console.print(f"accuracy {right}/{len(report.answers)} = {report.accuracy:.0%} (chance 25 %): "
                   f"about what just happened {_frac(live)}, about earlier events {_frac(past)}")
     telemetry = Table(title="memory telemetry")
@@ -111,9 +112,6 @@ def demo(
                   f"memory {report.memory_bytes / 1024:.0f} KB + TTT fast weights {report.ttt_state_bytes / 1024:.0f} KB "
                   f"whatever the length; peak RSS {report.peak_rss_mb:.0f} MB"
                   + (f"; plot: {report.plot}" if report.plot else ""))
-
-
-LIVE = ("last_shape", "last_colour", "last_sound", "background_now")
 
 
 def _clock(t: float) -> str:
