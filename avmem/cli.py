@@ -309,7 +309,7 @@ def stream(
     """Watch a live source; each line typed on stdin is a question answered from the memory so far."""
     import threading
 
-    from .media import AudioChunk, LiveSource, VideoFrame
+    from .media import LiveSource
 
     _, session = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
                               audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=cg_iters,
@@ -330,10 +330,7 @@ def stream(
                 if stop.is_set():
                     break
                 with lock:
-                    if isinstance(item, VideoFrame):
-                        session.feed(frames=item.image, t=item.t)
-                    elif isinstance(item, AudioChunk):
-                        session.feed(audio=item.samples, audio_t=item.t)
+                    session.feed_item(item)
                     session.state.drops = source.stats.dropped
         except Exception as exc:  # reported on the main thread
             failure.append(exc)
@@ -476,8 +473,8 @@ def budgets_show(
 def eval_mcq(
     annotations: str = typer.Argument(..., help="Video-MME-like annotations (e.g. OUT/test.json of avmem synth)."),
     model: str = MODEL_OPT,
-    method: str = typer.Option("likelihood", help="likelihood (rate the option letters), text (rate the option "
-                               "texts after the text-style prompt) or generate."),
+    method: str = typer.Option("likelihood", help="likelihood (rate the option letters), text / open (rate the "
+                               "option texts after the text- / open-style prompt) or generate."),
     fps: float = FPS_OPT,
     max_pixels: int = MAX_PIXELS_OPT,
     video_tokens: int = VIDEO_TOKENS_OPT,
@@ -486,7 +483,7 @@ def eval_mcq(
     no_ttt: bool = NO_TTT_OPT,
     reader: str = READER_OPT,
     read_tokens: int = READ_TOKENS_OPT,
-    video_policy: str = typer.Option("discard", help="Video memory compression: discard, discard-prev or merge."),
+    video_policy: str = VIDEO_POLICY_OPT,
     bank_step: int = typer.Option(4096, help="Tokens absorbed per memory compression (the demo model's: 32)."),
     max_videos: int = typer.Option(None, help="Only the first N videos."),
     device: str = typer.Option("cpu", help="torch device."),

@@ -114,8 +114,8 @@ def load_demo_model(source: str | None = None):
 def run_demo(settings: DemoSettings, on_progress: Callable[[float, float], None] | None = None,
              on_answer: Callable[[DemoAnswer], None] | None = None) -> DemoReport:
     """Generate the clip, stream it asking the questions at their times, return the report (and write the plot)."""
-    from .eval.mcq import answer
-    from .media import FileSource, VideoFrame
+    from .eval.mcq import stream_and_ask
+    from .media import VideoFrame
     from .session import SessionSettings, StreamSession
     from .synth.benchmark import LETTERS, generate
 
@@ -132,10 +132,20 @@ def run_demo(settings: DemoSettings, on_progress: Callable[[float, float], None]
         session = StreamSession(model, SessionSettings(fps=1.0, max_pixels=9216, video_tokens=settings.video_tokens,
                                                        audio_tokens=settings.audio_tokens, bank_step=32,
                                                        chunk_frames=16))
-        pending = list({(q.asked_at, q.question): q for q in video.questions}.values())  # no repeats at one time
+        questions = list({(q.asked_at, q.question): q for q in video.questions}.values())  # no repeats at one time
+        next_point = [0.0]
 
-        def ask(q) -> None:
-            result = answer(session, q, "open")
+        def on_item(item) -> None:
+            if not isinstance(item, VideoFrame):
+                return
+            report.frames += 1
+            if item.t >= next_point[0]:
+                report.points.append(_point(session, item.t, time.perf_counter() - t0))
+                next_point[0] += 10.0
+            if on_progress is not None:
+                on_progress(item.t + 1, settings.seconds)
+
+        def on_result(q, result) -> None:
             row = DemoAnswer(q.asked_at, q.task_type, q.question, q.option_texts,
                              q.option_texts[LETTERS.index(result.predicted)], q.answer_text, result.correct,
                              result.inside_memory)
@@ -143,24 +153,7 @@ def run_demo(settings: DemoSettings, on_progress: Callable[[float, float], None]
             if on_answer is not None:
                 on_answer(row)
 
-        next_point = 0.0
-        source = FileSource(video.path, fps=1.0, max_pixels=9216, min_pixels=784,
-                            factor=model.backbone.vision.factor)
-        for item in source:
-            while pending and item.t >= pending[0].asked_at:
-                ask(pending.pop(0))
-            if isinstance(item, VideoFrame):
-                session.feed(frames=item.image, t=item.t)
-                report.frames += 1
-                if item.t >= next_point:
-                    report.points.append(_point(session, item.t, time.perf_counter() - t0))
-                    next_point += 10.0
-                if on_progress is not None:
-                    on_progress(item.t + 1, settings.seconds)
-            else:
-                session.feed(audio=item.samples, audio_t=item.t)
-        for q in pending:  # asked at the very end
-            ask(q)
+        stream_and_ask(session, video.path, questions, "open", on_item=on_item, on_answer=on_result)
         session.flush()
         report.points.append(_point(session, float(settings.seconds), time.perf_counter() - t0))
         report.stream_s = time.perf_counter() - t0

@@ -295,26 +295,33 @@ class StreamSession:
             self._add_audio(audio, audio_rate, audio_t)
         self._busy_seconds += time.perf_counter() - start
 
-    def feed_file(self, path: str | Path, progress=None) -> None:
-        """Decode a local file (or the URL of a recording) at the session's fps and feed its frames and audio.
+    def media(self, path: str | Path):
+        """A :class:`~avmem.media.FileSource` over a local file (or the URL of a recording) at the session's
+        sampling (fps, pixel budget, audio if the session uses it), yielding frames and audio in time order.
+        Audio-only inputs are accepted when the session uses audio."""
+        from .media import FileSource, probe
 
-        Audio-only inputs are accepted when the session uses audio. ``progress`` is called with each
-        media item.
-        """
-        from .media import AudioChunk, FileSource, VideoFrame, probe
-
-        factor = self.model.backbone.vision.factor
         budget = dict(fps=self.settings.fps, max_pixels=self.settings.max_pixels, min_pixels=self.settings.min_pixels,
-                      factor=factor)
+                      factor=self.model.backbone.vision.factor)
         has_video = probe(path, **budget).video is not None
         if not has_video and not self.settings.use_audio:
             raise ValueError(f"{path}: no video stream (and this session does not use audio)")
-        source = FileSource(path, video=has_video, audio=self.settings.use_audio, **budget)
-        for item in source:
-            if isinstance(item, VideoFrame):
-                self.feed(frames=item.image, t=item.t)
-            elif isinstance(item, AudioChunk):
-                self.feed(audio=item.samples, audio_t=item.t)
+        return FileSource(path, video=has_video, audio=self.settings.use_audio, **budget)
+
+    def feed_item(self, item) -> None:
+        """Feed one item of a media source (a ``VideoFrame`` or an ``AudioChunk``)."""
+        from .media import AudioChunk, VideoFrame
+
+        if isinstance(item, VideoFrame):
+            self.feed(frames=item.image, t=item.t)
+        elif isinstance(item, AudioChunk):
+            self.feed(audio=item.samples, audio_t=item.t)
+
+    def feed_file(self, path: str | Path, progress=None) -> None:
+        """Decode a local file (or the URL of a recording) at the session's fps and feed its frames and audio;
+        ``progress`` is called with each media item."""
+        for item in self.media(path):
+            self.feed_item(item)
             if progress is not None:
                 progress(item)
 

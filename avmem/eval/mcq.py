@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..media import FileSource, VideoFrame
 from ..session import SessionSettings, StreamSession
 from ..synth.benchmark import LETTERS, Question, extract_letter, load_annotations
 
@@ -57,25 +56,34 @@ def evaluate_mcq(model, annotations: str | Path, settings: SessionSettings | Non
     for k, (video, questions) in enumerate(items):
         if not video.is_file():
             raise ValueError(f"{annotations}: video {video} not found")
-        session = StreamSession(model, settings)
-        pending = sorted(questions, key=lambda q: q.asked_at)
-        for item in _media(video, session):
-            while pending and item.t >= pending[0].asked_at:
-                results.append(answer(session, pending.pop(0), method))
-            session.feed(frames=item.image, t=item.t) if isinstance(item, VideoFrame) else \
-                session.feed(audio=item.samples, audio_t=item.t)
-        results.extend(answer(session, q, method) for q in pending)
+        results.extend(stream_and_ask(StreamSession(model, settings), video, questions, method))
         if progress is not None:
             progress(k + 1, len(items))
     return results
 
 
-def _media(video: Path, session: StreamSession):
-    """The frames and audio chunks of ``video`` in time order, at the session's sampling."""
-    s = session.settings
-    source = FileSource(video, audio=s.use_audio, fps=s.fps, max_pixels=s.max_pixels, min_pixels=s.min_pixels,
-                        factor=session.model.backbone.vision.factor)
-    return iter(source)
+def stream_and_ask(session: StreamSession, video: Path, questions: list[Question], method: str,
+                   on_item=None, on_answer=None) -> list[MCQResult]:
+    """Stream ``video`` through ``session``, asking each question when the stream reaches its ``asked_at``
+    (questions still pending when the video ends are asked then). ``on_item(item)`` is called after each
+    media item is fed, ``on_answer(question, result)`` after each answer."""
+    pending = sorted(questions, key=lambda q: q.asked_at)
+    results: list[MCQResult] = []
+
+    def ask(q: Question) -> None:
+        results.append(answer(session, q, method))
+        if on_answer is not None:
+            on_answer(q, results[-1])
+
+    for item in session.media(video):
+        while pending and item.t >= pending[0].asked_at:
+            ask(pending.pop(0))
+        session.feed_item(item)
+        if on_item is not None:
+            on_item(item)
+    for q in pending:
+        ask(q)
+    return results
 
 
 def answer(session: StreamSession, q: Question, method: str) -> MCQResult:
