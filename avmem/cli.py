@@ -100,7 +100,7 @@ def demo(
     console.print(f"accuracy {right}/{len(report.answers)} = {report.accuracy:.0%} (chance 25 %): "
                   f"about what just happened {_frac(live)}, about earlier events {_frac(past)}")
     telemetry = Table(title="memory telemetry")
-    for col in ("t", "video tokens seen", "video tokens held", "audio tokens held", "memory KB", "TTT loss",
+    for col in ("t", "video tokens seen", "video tokens held", "audio tokens held", "memory KB (with TTT)", "TTT loss",
                 "elapsed s"):
         telemetry.add_column(col, justify="right")
     step = max(1, len(report.points) // 10)

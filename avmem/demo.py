@@ -76,7 +76,7 @@ class DemoPoint:
     video_tokens_in: int
     video_tokens_held: int
     audio_tokens_held: int
-    memory_kb: float
+    memory_kb: float  # token memories + TTT fast weights
     ttt_loss: float | None
     elapsed_s: float
 
@@ -158,8 +158,9 @@ def run_demo(settings: DemoSettings, on_progress: Callable[[float, float], None]
         report.points.append(_point(session, float(settings.seconds), time.perf_counter() - t0))
         report.stream_s = time.perf_counter() - t0
     report.accuracy = float(np.mean([a.correct for a in report.answers])) if report.answers else float("nan")
-    report.memory_bytes = session.stats().memory_bytes
-    ttt = session.state.ttt
+    st = session.state
+    report.memory_bytes = sum(b.nbytes for b in (st.video, st.audio) if b is not None)  # token memories only
+    ttt = st.ttt
     report.ttt_state_bytes = 0 if ttt is None else sum(t.numel() * t.element_size() for t in ttt.tensors().values())
     report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if settings.plot:
