@@ -529,7 +529,9 @@ def synth(
     speech: bool = typer.Option(False, "--speech", help="Spoken words (espeak-ng) instead of beeps and chirps."),
     times: int = typer.Option(1, help="Ask times per video: 1 = at the end, more = also at quiet moments."),
     tasks: str = typer.Option("all", help="Comma-separated task types and groups (all, long, live)."),
-    style: str = typer.Option("letter", help="Training prompts: letter (Video-MME) or text (answer = option)."),
+    style: str = typer.Option("letter", help="Training prompts: letter (Video-MME), text (options listed, answer = "
+                              "the option) or open (question alone, answer = the option)."),
+    group: bool = typer.Option(False, "--group", help="Training JSON: one item per ask time, its questions as turns."),
 ) -> None:
     """Write a synthetic long-video benchmark with known answers (Video-MME-like JSON + training JSON)."""
     from rich.progress import Progress
@@ -549,7 +551,7 @@ def synth(
         task = bar.add_task(f"writing {split}", total=videos)
         made = generate(out, split, videos, (min_seconds, max_seconds), (size, size), fps, seed, questions, speech,
                         progress=lambda done, total: bar.update(task, completed=done), times=times, tasks=chosen,
-                        style=style)
+                        style=style, group=group)
     n_q = sum(len(v.questions) for v in made)
     hours = sum(v.timeline.seconds for v in made) / 3600
     console.print(f"{len(made)} videos ({hours:.2f} h), {n_q} questions -> {out}/{split}.json, "

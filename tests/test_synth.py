@@ -15,6 +15,7 @@ from avmem.synth.benchmark import (
     COLOURS,
     LETTERS,
     TASKS,
+    Question,
     extract_letter,
     generate,
     load_annotations,
@@ -231,3 +232,36 @@ def test_prompt_styles(bench):
         assert q.answer_text == q.options[LETTERS.index(q.answer)][3:]
     with pytest.raises(ValueError, match="style"):
         q.prompt("essay")
+
+
+def test_grouped_training_items_hold_each_ask_time_once(tmp_path):
+    """--group: one item per (video, ask time), its distinct questions as turns, loadable by avmem train."""
+    from avmem.train.data import load_records
+
+    result = runner.invoke(app, ["synth", str(tmp_path), "--split", "val", "--videos", "2", "--min-seconds", "80",
+                                 "--max-seconds", "80", "--size", "64", "--fps", "1", "--questions", "20",
+                                 "--times", "3", "--tasks", "live,scene_shape", "--style", "open", "--group"])
+    assert result.exit_code == 0, result.output
+    annotations = json.loads((tmp_path / "val.json").read_text())
+    questions = {q["question_id"]: q for v in annotations for q in v["questions"]}
+    train = json.loads((tmp_path / "val_train.json").read_text())
+    windows = {(v["video"], q["asked_at"]) for v in annotations for q in v["questions"]}
+    assert len(train) == len(windows) < len(questions)
+    covered = set()
+    for item in train:
+        ids = item["question_id"].split(",")
+        turns = item["conversations"]
+        assert len(turns) == 2 * len(ids) and turns[0]["value"].startswith("<video>\n")
+        assert not any("<video>" in t["value"] for t in turns[1:])
+        asked = {questions[i]["asked_at"] for i in ids}
+        assert asked == {item["timestamps"][1]}
+        texts = [questions[i]["question"] for i in ids]
+        assert len(set(texts)) == len(texts)  # no repeated question an answer could be copied from
+        for i, (human, gpt) in zip(ids, zip(turns[::2], turns[1::2])):
+            q = questions[i]
+            assert human["value"].removeprefix("<video>\n") == Question(**q).prompt("open")
+            assert gpt["value"] == q["options"][LETTERS.index(q["answer"])][3:]
+        covered |= {(questions[i]["question"], item["video"], item["timestamps"][1]) for i in ids}
+    assert covered == {(q["question"], v["video"], q["asked_at"]) for v in annotations for q in v["questions"]}
+    records = load_records([str(tmp_path / "val_train.json")])
+    assert [len(r.turns) for r in records] == [len(t["conversations"]) // 2 for t in train]

@@ -455,13 +455,15 @@ def write_video(path: Path, tl: Timeline, size: tuple[int, int] = (160, 160), fp
 def generate(out: str | Path, split: str, videos: int, seconds: tuple[int, int] = (60, 600),
              size: tuple[int, int] = (160, 160), fps: int = 2, seed: int = 0, questions: int = 6,
              speech: bool = False, progress=None, times: int = 1, tasks: tuple[str, ...] = TASKS,
-             style: str = "letter") -> list[SynthVideo]:
+             style: str = "letter", group: bool = False) -> list[SynthVideo]:
     """Write ``videos`` videos of ``split`` into ``out/videos/`` and three JSON files:
 
     * ``out/{split}.json``: Video-MME-like annotations (one entry per video, questions nested, each with
       ``task_type``, ``options`` "A. ...", ``answer`` letter, ``event_time`` and ``asked_at``);
     * ``out/{split}_train.json``: the same questions in the official training format (``avmem train``),
-      prompted in ``style`` (:meth:`Question.prompt`), each on the window [0, asked_at] of its video;
+      prompted in ``style`` (:meth:`Question.prompt`), each on the window [0, asked_at] of its video; with
+      ``group`` one item per ask time instead, its distinct questions as the turns of one conversation
+      (one streaming pass trains several answers);
     * ``out/{split}_events.json``: the ground-truth timelines.
 
     ``times`` ask times per video (1: all questions at the end), ``tasks`` the task types to draw from.
@@ -495,17 +497,37 @@ def generate(out: str | Path, split: str, videos: int, seconds: tuple[int, int] 
                     "duration": v.timeline.seconds, "split": split,
                     "questions": [asdict(q) for q in v.questions]} for v in made]
     (out / f"{split}.json").write_text(json.dumps(annotations, indent=1))
-    train = [{"video": f"videos/{v.path.name}", "use_audio": True, "question_id": q.question_id,
-              "timestamps": [0.0, q.asked_at],
-              "conversations": [{"from": "human", "value": "<video>\n" + q.prompt(style)},
-                                {"from": "gpt", "value": q.answer if style == "letter" else q.answer_text}]}
-             for v in made for q in v.questions]
+    train = [training_item(v, qs, style) for v in made for qs in question_groups(v.questions, group)]
     (out / f"{split}_train.json").write_text(json.dumps(train, indent=1))
     events = [{"video_id": v.video_id, "seconds": v.timeline.seconds,
                "scenes": [asdict(s) for s in v.timeline.scenes], "visual": [asdict(e) for e in v.timeline.visual],
                "audio": [asdict(a) for a in v.timeline.audio]} for v in made]
     (out / f"{split}_events.json").write_text(json.dumps(events, indent=1))
     return made
+
+
+def question_groups(questions: list[Question], group: bool) -> list[list[Question]]:
+    """One list per training item: each question alone, or (``group``) the questions of each ask time with
+    repeated texts dropped (a second copy would let a later turn copy an earlier answer)."""
+    if not group:
+        return [[q] for q in questions]
+    by_time: dict[float, dict[str, Question]] = {}
+    for q in questions:
+        by_time.setdefault(q.asked_at, {}).setdefault(q.question, q)
+    return [list(qs.values()) for _, qs in sorted(by_time.items())]
+
+
+def training_item(video: SynthVideo, questions: list[Question], style: str) -> dict:
+    """One ``avmem train`` item: the window [0, asked_at] of ``video`` and ``questions`` (same ask time) as turns."""
+    if len({q.asked_at for q in questions}) != 1:
+        raise ValueError("the questions of one training item must share their ask time")
+    turns = []
+    for k, q in enumerate(questions):
+        turns += [{"from": "human", "value": ("<video>\n" if k == 0 else "") + q.prompt(style)},
+                  {"from": "gpt", "value": q.answer if style == "letter" else q.answer_text}]
+    return {"video": f"videos/{video.path.name}", "use_audio": True,
+            "question_id": ",".join(q.question_id for q in questions),
+            "timestamps": [0.0, questions[0].asked_at], "conversations": turns}
 
 
 def load_annotations(path: str | Path) -> list[tuple[Path, list[Question]]]:
