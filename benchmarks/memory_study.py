@@ -136,8 +136,8 @@ def smoke_data(folder: Path) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", default=None, help="Starting model (default: the embedded demo model).")
-    p.add_argument("--train", type=Path, help="Training JSON (avmem synth ... --style text: SPLIT_train.json).")
-    p.add_argument("--test", type=Path, help="Test annotations (avmem synth ... --style text: SPLIT.json).")
+    p.add_argument("--train", type=Path, help="Training JSON (avmem synth ... --style open --group: SPLIT_train.json).")
+    p.add_argument("--test", type=Path, help="Test annotations (avmem synth ... --style open: SPLIT.json).")
     p.add_argument("--out", type=Path, default=Path("memory_study_out"))
     p.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated subset of " + ", ".join(VARIANTS))
     p.add_argument("--steps", type=int, default=300)
