@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .synth.benchmark import LIVE_TASKS
+
 DEMO_MODEL = Path(__file__).parent / "demo_model"
-DEMO_TASKS = ("last_shape", "last_colour", "last_sound", "background_now", "scene_shape")  # what it was trained on
+DEMO_TASKS = LIVE_TASKS + ("scene_shape",)  # what the demo model was trained on
 
 
 @dataclass
@@ -158,10 +160,9 @@ def run_demo(settings: DemoSettings, on_progress: Callable[[float, float], None]
         report.points.append(_point(session, float(settings.seconds), time.perf_counter() - t0))
         report.stream_s = time.perf_counter() - t0
     report.accuracy = float(np.mean([a.correct for a in report.answers])) if report.answers else float("nan")
-    st = session.state
-    report.memory_bytes = sum(b.nbytes for b in (st.video, st.audio) if b is not None)  # token memories only
-    ttt = st.ttt
-    report.ttt_state_bytes = 0 if ttt is None else sum(t.numel() * t.element_size() for t in ttt.tensors().values())
+    stats = session.stats()
+    report.memory_bytes = stats.memory_bytes - stats.memory_layer_bytes  # token memories only
+    report.ttt_state_bytes = stats.memory_layer_bytes
     report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if settings.plot:
         report.plot = str(write_plot(report, settings.plot))

@@ -220,7 +220,8 @@ class SessionStats:
     audio_tokens_in: int = 0
     video_tokens_held: int = 0
     audio_tokens_held: int = 0
-    memory_bytes: int = 0
+    memory_bytes: int = 0  # token memories + the memory layer's state
+    memory_layer_bytes: int = 0  # the memory layer's state (TTT fast weights / Mamba-2 SSM state) alone
     drops: int = 0
     frames_per_second: float = 0.0
     questions: int = 0
@@ -496,9 +497,9 @@ class StreamSession:
         if len(answers) < 2 or not all(isinstance(a, str) and a.strip() for a in answers):
             raise ValueError(f"score_answers: give at least two non-empty answers, got {answers}")
         cache, logits, next_position = self._answer_start(question)
-        end = self.model.backbone.tokens.im_end
         bb = self.model.backbone
-        logp = [bb.sequence_logprob(cache, logits, next_position, [*self._text_ids(a), end]) for a in answers]
+        logp = [bb.sequence_logprob(cache, logits, next_position, [*self._text_ids(a), bb.tokens.im_end])
+                for a in answers]
         return max(range(len(answers)), key=lambda k: logp[k]), logp
 
     @torch.no_grad()
@@ -717,16 +718,15 @@ class StreamSession:
 
     def stats(self) -> SessionStats:
         st = self.state
-        mem = sum(b.nbytes for b in (st.video, st.audio) if b is not None)
-        if st.ttt is not None:
-            mem += sum(t.numel() * t.element_size() for t in st.ttt.tensors().values())
+        layer = 0 if st.ttt is None else sum(t.numel() * t.element_size() for t in st.ttt.tensors().values())
+        mem = sum(b.nbytes for b in (st.video, st.audio) if b is not None) + layer
         seconds = 0.0 if st.last_time is None else st.last_time + 1.0 / self.settings.fps
         return SessionStats(
             frames=st.frames, seconds=seconds, audio_seconds=st.audio_samples / AUDIO_RATE,
             video_tokens_in=st.video_ids, audio_tokens_in=st.audio_ids,
             video_tokens_held=0 if st.video is None else len(st.video),
             audio_tokens_held=0 if st.audio is None else len(st.audio),
-            memory_bytes=mem, drops=st.drops,
+            memory_bytes=mem, memory_layer_bytes=layer, drops=st.drops,
             frames_per_second=st.frames / self._busy_seconds if self._busy_seconds > 0 else 0.0,
             questions=self._questions, read_per_layer=self._last_read, kv_reuse=self._kv_mode,
         )

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:
         for name, path in (("--train", args.train), ("--test", args.test)):
             if path is None or not path.is_file():
-                print(f"memory_study: {name} {path} is not a file (make the data with avmem synth ... --style text)",
+                print(f"memory_study: {name} {path} is not a file (make the data with avmem synth ... --style open)",
                       file=sys.stderr)
                 return 2
         args.out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ flattened in (t, h/m, w/m, m, m, C, tp, p, p) order.
 from __future__ import annotations
 
 import copy
-
 import json
 from dataclasses import dataclass
 from pathlib import Path
