@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .runtime import resolve_device, resolve_dtype
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Long audio-visual streams under a fixed memory budget.")
 console = Console()
@@ -35,6 +36,10 @@ READ_CHUNK_OPT = typer.Option(16384, help="pd: memory tokens prefilled per chunk
 READ_PER_LAYER_OPT = typer.Option(False, "--read-per-layer", help="pd: rank per layer (released) instead of jointly.")
 BUDGET_FILE_OPT = typer.Option(None, "--budget-file", help="KV policies: per-layer budgets, released format.")
 OMNI_LAMBDA_OPT = typer.Option(0.02, "--omni-lambda", help="omnimem: attention exponent lambda.")
+DEVICE_OPT = typer.Option("auto", help="torch device: auto ($AVMEM_DEVICE, else cuda when present, else cpu), cpu, "
+                          "cuda, cuda:N.")
+DTYPE_OPT = typer.Option("auto", help="Weights dtype: auto (bfloat16 on a GPU, the model's own on the CPU), float32, "
+                         "bfloat16, float16.")
 INCREMENTAL_OPT = typer.Option(False, "--incremental", help="full reader: keep the memory's KV between questions.")
 
 
@@ -62,6 +67,7 @@ def demo(
     plot: str = typer.Option("avmem_demo.png", help="Where to write the PNG plot ('' for none)."),
     model: str = typer.Option(None, help="Another model to run instead of the embedded demo model."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    device: str = DEVICE_OPT,
 ) -> None:
     """Generate a ~10-minute clip, stream it at 1 FPS through the embedded demo model, ask questions while it plays,
     print answers next to the truth with memory telemetry, and plot the memory over time."""
@@ -71,8 +77,9 @@ def demo(
     from .synth.benchmark import LIVE_TASKS
 
     settings = DemoSettings(seconds=seconds, video_tokens=memory_tokens, questions=questions, seed=seed,
-                            model=model, plot=plot or None)
+                            model=model, plot=plot or None, device=device)
     settings.check()
+    resolve_device(device)
     if json_out:
         print(json.dumps(run_demo(settings).to_dict()))
         return
@@ -123,7 +130,7 @@ def _frac(rows) -> str:
 
 
 def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_tokens: int, audio_tokens: int,
-                 no_audio: bool, no_ttt: bool, cg_iters: int, device: str, max_new_tokens: int,
+                 no_audio: bool, no_ttt: bool, cg_iters: int, device: str, max_new_tokens: int, dtype: str = "auto",
                  video_policy: str = "discard", audio_policy: str = "merge", reader: str = "full",
                  read_tokens: int = 16384, read_chunk: int = 16384, read_per_layer: bool = False,
                  budget_file: str | None = None, omni_lambda: float = 0.02, incremental: bool = False,
@@ -139,15 +146,11 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
                          "Qwen3-VL folder or hub id, or tiny-qwen3-vl / tiny-qwen2.5-vl (random weights, for tests)")
     if cg_iters is not None and cg_iters < 0:
         raise ValueError(f"--cg-iters must be >= 0, got {cg_iters}")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device: unknown device {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available")
+    dev = resolve_device(device)
+    weights_dtype = resolve_dtype(dtype, dev)
     _quiet_transformers()
     with console.status(f"loading {model_name}..."):
-        model = load_model(model_name, device=device, cg_iters=cg_iters)
+        model = load_model(model_name, device=dev, dtype=weights_dtype, cg_iters=cg_iters)
     if model.spec.random_weights:
         print(f"avmem: note: {model_name} has random weights; its answers are meaningless", file=sys.stderr)
     use_audio = not no_audio and model.audio is not None
@@ -208,7 +211,8 @@ def ask(
     omni_lambda: float = OMNI_LAMBDA_OPT,
     incremental: bool = INCREMENTAL_OPT,
     max_new_tokens: int = typer.Option(64, help="Answer length limit."),
-    device: str = typer.Option("cpu", help="torch device."),
+    device: str = DEVICE_OPT,
+    dtype: str = DTYPE_OPT,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Watch a video with bounded memory, then answer the questions."""
@@ -225,7 +229,7 @@ def ask(
         raise ValueError(f"{source}: no video stream" + ("" if info.audio is None else " (and --no-audio was given)"))
     _, session = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
                               audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=cg_iters,
-                              device=device, max_new_tokens=max_new_tokens, video_policy=video_policy,
+                              device=device, dtype=dtype, max_new_tokens=max_new_tokens, video_policy=video_policy,
                               audio_policy=audio_policy, reader=reader, read_tokens=read_tokens,
                               read_chunk=read_chunk, read_per_layer=read_per_layer, budget_file=budget_file,
                               omni_lambda=omni_lambda, incremental=incremental)
@@ -304,7 +308,8 @@ def stream(
     omni_lambda: float = OMNI_LAMBDA_OPT,
     incremental: bool = INCREMENTAL_OPT,
     timeout: float = typer.Option(10.0, help="Seconds to wait for data before giving up."),
-    device: str = typer.Option("cpu", help="torch device."),
+    device: str = DEVICE_OPT,
+    dtype: str = DTYPE_OPT,
 ) -> None:
     """Watch a live source; each line typed on stdin is a question answered from the memory so far."""
     import threading
@@ -313,7 +318,7 @@ def stream(
 
     _, session = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
                               audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=cg_iters,
-                              device=device, max_new_tokens=64, video_policy=video_policy,
+                              device=device, dtype=dtype, max_new_tokens=64, video_policy=video_policy,
                               audio_policy=audio_policy, reader=reader, read_tokens=read_tokens,
                               read_chunk=read_chunk, read_per_layer=read_per_layer, budget_file=budget_file,
                               omni_lambda=omni_lambda, incremental=incremental)
@@ -393,7 +398,8 @@ def budgets_compute(
     av_ratio: float = typer.Option(2.0, help="Visual up-weighting rho of the audio/visual split."),
     no_clip: bool = typer.Option(False, "--no-clip", help="Do not clip budgets to 0.5-1.5x the mean."),
     chunk: int = typer.Option(4096, help="Tokens per measured prefill chunk."),
-    device: str = typer.Option("cpu", help="torch device."),
+    device: str = DEVICE_OPT,
+    dtype: str = DTYPE_OPT,
 ) -> None:
     """Measure per-layer attention entropy and adjacent-token similarity per modality, write budgets."""
     from .memory.kv.budgets import compute_budgets
@@ -402,7 +408,7 @@ def budgets_compute(
     if chunk <= 0:
         raise ValueError(f"--chunk must be > 0, got {chunk}")
     m, _ = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens, audio_tokens=audio_tokens,
-                        no_audio=False, no_ttt=False, cg_iters=None, device=device, max_new_tokens=1)
+                        no_audio=False, no_ttt=False, cg_iters=None, device=device, dtype=dtype, max_new_tokens=1)
     if m.audio is None:
         raise ValueError("budgets need a model with audio (audio and visual budgets are measured separately)")
     from .session import StreamSession
@@ -486,7 +492,8 @@ def eval_mcq(
     video_policy: str = VIDEO_POLICY_OPT,
     bank_step: int = typer.Option(4096, help="Tokens absorbed per memory compression (the demo model's: 32)."),
     max_videos: int = typer.Option(None, help="Only the first N videos."),
-    device: str = typer.Option("cpu", help="torch device."),
+    device: str = DEVICE_OPT,
+    dtype: str = DTYPE_OPT,
     json_out: str = typer.Option(None, "--json", help="Also write every answer and the summary to this file."),
 ) -> None:
     """Multiple-choice accuracy (with 95 % bootstrap intervals), overall, per task and inside / outside memory."""
@@ -494,7 +501,7 @@ def eval_mcq(
 
     _, session = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
                               audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=None,
-                              device=device, max_new_tokens=8, reader=reader, read_tokens=read_tokens,
+                              device=device, dtype=dtype, max_new_tokens=8, reader=reader, read_tokens=read_tokens,
                               video_policy=video_policy, bank_step=bank_step)
     from rich.progress import Progress
 

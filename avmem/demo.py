@@ -40,6 +40,7 @@ class DemoSettings:
     seed: int = 0
     model: str | None = None
     plot: str | None = "avmem_demo.png"
+    device: str = "auto"
 
     def check(self) -> None:
         if not 60 <= self.seconds <= 3600:
@@ -102,15 +103,17 @@ class DemoReport:
         return asdict(self)
 
 
-def load_demo_model(source: str | None = None):
-    """The embedded demo model (or ``source``, any :func:`avmem.load_model` source)."""
+def load_demo_model(source: str | None = None, device: str = "auto"):
+    """The embedded demo model (or ``source``, any :func:`avmem.load_model` source) on ``device``
+    (:func:`avmem.runtime.resolve_device`)."""
     from .model import load_model
+    from .runtime import resolve_device
 
     if source is None:
         if not (DEMO_MODEL / "avmem.json").is_file():
             raise ValueError(f"the embedded demo model is missing ({DEMO_MODEL}); reinstall avmem or pass --model")
         source = str(DEMO_MODEL)
-    return load_model(source)
+    return load_model(source, device=resolve_device(device))
 
 
 def run_demo(settings: DemoSettings, on_progress: Callable[[float, float], None] | None = None,
@@ -122,7 +125,7 @@ def run_demo(settings: DemoSettings, on_progress: Callable[[float, float], None]
     from .synth.benchmark import LETTERS, generate
 
     settings.check()
-    model = load_demo_model(settings.model)
+    model = load_demo_model(settings.model, settings.device)
     report = DemoReport(settings=settings)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

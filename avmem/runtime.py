@@ -31,3 +31,48 @@ def pin_malloc_mmap_threshold(threshold: int = 64 * 1024) -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
     except (OSError, AttributeError):
         return False
+
+
+DEVICE_ENV = "AVMEM_DEVICE"
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+def resolve_device(device: str | None = "auto"):
+    """The torch device for a ``--device`` value: ``auto`` (or None) is ``$AVMEM_DEVICE`` when set, else
+    ``cuda`` when a CUDA GPU is visible, else ``cpu``.
+
+    Raises:
+        ValueError: an unknown device, or a CUDA device that is not there.
+    """
+    import os
+
+    import torch
+
+    if device in (None, "auto"):
+        device = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device: unknown device {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: no such CUDA device ({torch.cuda.device_count()} visible)")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"--device: unknown device {device!r}")
+    return dev
+
+
+def resolve_dtype(dtype: str | None, device) -> "torch.dtype | None":
+    """The weights' dtype for a ``--dtype`` value: ``auto`` keeps the model's own (float32 presets, checkpoints'
+    stored dtype) on the CPU and uses bfloat16 on a GPU; or one of float32 / bfloat16 / float16."""
+    import torch
+
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if torch.device(device).type == "cuda" else None
+    name = DTYPES.get(str(dtype).lower())
+    if name is None:
+        raise ValueError(f"--dtype: unknown dtype {dtype!r} (auto, float32, bfloat16, float16)")
+    return getattr(torch, name)

@@ -8,6 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
+TEST_DEVICE = os.environ.get("AVMEM_TEST_DEVICE", "cpu")
+"""Where the suite runs its models: ``AVMEM_TEST_DEVICE=cuda python -m pytest`` runs it on a GPU. Models loaded
+without an explicit device, sessions, readers and CLI commands (``--device auto`` reads ``AVMEM_DEVICE``) then
+live there, while the data the tests make stays on the host, as a user's would."""
+if TEST_DEVICE != "cpu":
+    import avmem.model
+
+    os.environ["AVMEM_DEVICE"] = TEST_DEVICE
+    _defaults = list(avmem.model.load_model.__defaults__)
+    _defaults[0] = TEST_DEVICE
+    avmem.model.load_model.__defaults__ = tuple(_defaults)
+
 SHARED = Path(os.environ.get("AVMEM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
