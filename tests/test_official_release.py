@@ -27,14 +27,14 @@ def test_loads_merges_lora_and_takes_every_ttt_and_audio_tensor(release):
     key = "model.language_model.layers.1.self_attn.k_proj.weight"
     a = tensors["base_model.model.model.language_model.layers.1.self_attn.k_proj.lora_A.weight"]
     b = tensors["base_model.model.model.language_model.layers.1.self_attn.k_proj.lora_B.weight"]
-    expected = base.backbone.model.state_dict()[key] + (2 * RANK / RANK) * (b @ a)
-    torch.testing.assert_close(model.backbone.model.state_dict()[key], expected)
-    assert torch.equal(model.ttt.ttt.W1, tensors["base_model.model.model.ttt_layers.ttt.W1"])
-    assert torch.equal(model.ttt.gating_alpha, tensors["base_model.model.model.ttt_gating.gating_alpha"])
+    expected = base.backbone.model.state_dict()[key].cpu() + (2 * RANK / RANK) * (b @ a)
+    torch.testing.assert_close(model.backbone.model.state_dict()[key].cpu(), expected)
+    assert torch.equal(model.ttt.ttt.W1.cpu(), tensors["base_model.model.model.ttt_layers.ttt.W1"])
+    assert torch.equal(model.ttt.gating_alpha.cpu(), tensors["base_model.model.model.ttt_gating.gating_alpha"])
     assert model.ttt.cfg.compat == "official" and model.ttt.cfg.cg_iters == 3 and model.ttt.cfg.num_heads == 4
     base_audio = load_file(str(root / "base" / "model.safetensors"))
     ours = model.audio.official_state_dict()
-    assert all(torch.equal(ours[k], base_audio[k]) for k in ours)
+    assert all(torch.equal(ours[k].cpu(), base_audio[k]) for k in ours)
     s = StreamSession(model, video_tokens=16, audio_tokens=8, chunk_frames=4)
     rng = torch.Generator().manual_seed(0)
     for i in range(4):
