@@ -9,6 +9,10 @@ Loading (:func:`load_model`):
 * ``"tiny-qwen3-vl"`` / ``"tiny-qwen2.5-vl"``: tiny *randomly initialised* models of the real
   ``transformers`` classes (tests); ``"small-qwen3-vl"``: a wider, 4-layer one (the demo model's starting
   point). Built once into a cache folder.
+* ``"random-qwen3-vl-8b"`` / ``"random-qwen2.5-vl-7b"``: the full released architectures (Qwen3-VL-8B-Instruct /
+  Qwen2.5-VL-7B-Instruct + the released TTT block + Whisper-large-v3 audio encoder and window Q-Former) with
+  *random* weights, built in memory on the target device (bf16 unless ``dtype`` says otherwise); ``device="meta"``
+  builds them without memory, for inspection. See :mod:`avmem.backbones.presets`.
 * a folder written by :meth:`AVMemModel.save_pretrained` (``avmem.json`` + ``backbone/`` +
   ``ttt.safetensors`` / ``audio.safetensors``): every tensor must be present.
 * the official video-SALMONN S release folder (``base/`` + adapter), or an avmem training run (same
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +39,9 @@ from .memory.ttt import TTTConfig, TTTMemory
 
 TINY_PRESETS = {"tiny-qwen3-vl": ("qwen3_vl", "tiny"), "tiny-qwen2.5-vl": ("qwen2_5_vl", "tiny"),
                 "small-qwen3-vl": ("qwen3_vl", "small")}
+RELEASE_PRESETS = {"random-qwen3-vl-8b": "qwen3_vl", "random-qwen2.5-vl-7b": "qwen2_5_vl"}
+"""Full-size presets with random weights: name -> backbone kind."""
+PRESETS = tuple(sorted({**TINY_PRESETS, **RELEASE_PRESETS}))
 MODEL_FILE = "avmem.json"
 
 
@@ -124,6 +133,72 @@ def _build_tiny(kind: str, size: str, device: str | torch.device, seed: int) -> 
     return AVMemModel(backbone=backbone, ttt=ttt, audio=audio, spec=spec, source=f"{size}-{kind}")
 
 
+def release_ttt_config(dim: int) -> TTTConfig:
+    """The released video-SALMONN S TTT block at width ``dim``: 8 heads, hidden_mult 1, mini-batch 1024, base_lr 0.1,
+    the lag objective at distance 1024 with weight 0.1, ``compat="official"``, and the release script's update
+    (``hf`` with ``cg_iters=0``, a plain gradient step). Reference §0.1, §5.2, §5.5 and the settings
+    :func:`avmem.official_release.load_official_release` gives the release. ``dim=4096`` (Qwen3-VL-8B) is the
+    release itself, 104,943,624 parameters; ``dim=3584`` (Qwen2.5-VL-7B) is the same recipe at that width."""
+    return TTTConfig(dim=dim, num_heads=8, hidden_mult=1, mini_batch=1024, base_lr=0.1, update="hf", cg_iters=0,
+                     lag_distance=1024, lag_weight=0.1, compat="official")
+
+
+@contextmanager
+def _building_on(device: torch.device, dtype: torch.dtype, seed: int) -> Iterator[None]:
+    """Create tensors on ``device`` in ``dtype`` by default, with the global RNG seeded and restored afterwards."""
+    previous = torch.get_default_dtype()
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), device:
+        torch.manual_seed(seed)
+        torch.set_default_dtype(dtype)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(previous)
+
+
+def _build_release(kind: str, device: str | torch.device, dtype: torch.dtype, seed: int,
+                   overrides: dict | None = None, audio_config=None) -> AVMemModel:
+    """A release-architecture model of ``kind`` with random weights, built on ``device`` in ``dtype``.
+
+    The backbone and audio encoder are constructed without default initialisation and then filled once from a
+    generator on ``device`` seeded with ``seed`` (:func:`~avmem.backbones.presets.random_init_`); the TTT block keeps
+    its own initialisation (gate 0.1, LayerNorm targets 1/0, fast weights N(0, 0.02), Linear defaults) drawn from
+    the seeded global RNG. ``overrides`` (config field overrides, see
+    :func:`~avmem.backbones.presets.qwen3_vl_8b_config`) and ``audio_config`` exist for reduced-size tests only;
+    the presets pass neither.
+    """
+    from transformers.initialization import no_init_weights
+
+    from .backbones.presets import RELEASE_CONFIGS, device_generator, random_init_, release_tokenizer
+    from .encoders.audio import AudioEncoder, release_audio_encoder_config
+
+    if kind not in RELEASE_CONFIGS:
+        raise ValueError(f"unknown release backbone kind {kind!r} (choose from {sorted(RELEASE_CONFIGS)})")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point type, got {dtype}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: no CUDA device is available")
+    config = RELEASE_CONFIGS[kind](**(overrides or {}))
+    hidden = config.text_config.hidden_size
+    audio_cfg = audio_config if audio_config is not None else release_audio_encoder_config(hidden)
+    if audio_cfg.llm_dim != hidden:
+        raise ValueError(f"audio llm_dim {audio_cfg.llm_dim} != backbone hidden size {hidden}")
+    ttt_cfg = release_ttt_config(hidden)
+    generator = device_generator(dev, seed)
+    with _building_on(dev, dtype, seed):
+        with no_init_weights():
+            hf_model = backbone_class(kind).model_class(config)
+            audio = AudioEncoder(audio_cfg)
+        random_init_(hf_model, generator, config.text_config.initializer_range)
+        random_init_(audio, generator, audio_cfg.qformer.initializer_range)
+        ttt = TTTMemory(ttt_cfg)
+    backbone = backbone_class(kind)(hf_model.eval(), release_tokenizer(), need_audio=True)
+    spec = ModelSpec(backbone_type=kind, ttt=ttt_cfg.to_dict(), audio=audio_cfg.to_dict(), random_weights=True)
+    return AVMemModel(backbone=backbone, ttt=ttt, audio=audio.eval(), spec=spec, source=f"random-{kind}")
+
+
 def _tiny_audio_config(llm_dim: int):
     from .encoders.audio import tiny_audio_encoder_config
 
@@ -148,9 +223,11 @@ def _audio_config_from_dict(data: dict):
 
 def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                seed: int = 0, cg_iters: int | None = None) -> AVMemModel:
-    """Load a model from a preset name, an avmem folder, the official video-SALMONN S release folder
-    (``base/`` + the LoRA/TTT adapter folder), or a Qwen2.5-VL / Qwen3-VL folder or hub id.
+    """Load a model from a preset name (:data:`PRESETS`), an avmem folder, the official video-SALMONN S release
+    folder (``base/`` + the LoRA/TTT adapter folder), or a Qwen2.5-VL / Qwen3-VL folder or hub id.
 
+    ``dtype``: the weights' precision (None: the folder's own; bfloat16 for the ``random-*`` presets; the
+    ``tiny-*`` presets are always float32). ``seed`` seeds the random weights of the presets.
     ``cg_iters`` overrides the CG iterations of the TTT update (None keeps the model's own: the release
     script's 0 for the official release, the saved value for avmem folders).
 
@@ -160,8 +237,12 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: to
     name = str(source)
     if name in TINY_PRESETS:
         return _with_cg_iters(_build_tiny(*TINY_PRESETS[name], device, seed), cg_iters)
-    if name.startswith(("tiny-", "small-")):
-        raise ValueError(f"unknown preset '{name}' (choose from {sorted(TINY_PRESETS)})")
+    if name in RELEASE_PRESETS:
+        model = _build_release(RELEASE_PRESETS[name], device, dtype or torch.bfloat16, seed)
+        model.source = name
+        return _with_cg_iters(model, cg_iters)
+    if name.startswith(("tiny-", "small-", "random-")):
+        raise ValueError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")
     path = Path(name)
     if (path / MODEL_FILE).is_file():
         return _with_cg_iters(_load_avmem_folder(path, device, dtype), cg_iters)

@@ -227,6 +227,16 @@ def tiny_audio_encoder_config(llm_dim: int = 64) -> AudioEncoderConfig:
         llm_dim=llm_dim)
 
 
+def release_audio_encoder_config(llm_dim: int = 4096) -> AudioEncoderConfig:
+    """The released video-SALMONN S audio encoder: the whisper-large-v3 encoder (128 mels, 32 layers, d_model 1280,
+    20 heads, FFN 5120, 1500 positions; official ``WhisperConfig`` defaults, configuration_qwen3_vl.py:153-196)
+    and the window Q-Former of the official ``BertConfig`` defaults (hidden 3072, 2 layers, 12 heads, FFN 12288,
+    cross-attention in every layer to width 1280, 1 query per 0.5 s window; :94-140), projected to ``llm_dim``
+    (4096 for Qwen3-VL-8B; the official code forces it to the text hidden size, :460). Reference
+    ``official_vsalmonn_s.md`` §1.2 / §1.4. 929,651,712 parameters for ``llm_dim=4096``."""
+    return AudioEncoderConfig(whisper=WhisperTrunkConfig(), qformer=QFormerConfig(), llm_dim=llm_dim)
+
+
 _OFFICIAL_TO_OURS = (
     (re.compile(r"^qformer\.bert\.embeddings\.LayerNorm\."), "qformer.bert.layernorm."),
     (re.compile(r"^(qformer\.bert\.encoder\.layer\.\d+\.(?:attention|crossattention))\.self\."), r"\1.attention."),
