@@ -29,8 +29,9 @@ NO_TTT_OPT = typer.Option(False, "--no-ttt", help="Bypass the TTT memory layer."
 CG_ITERS_OPT = typer.Option(None, help="CG iterations of the TTT update (release default 0; paper: 3).")
 VIDEO_POLICY_OPT = typer.Option("discard", help="Video memory: discard (paper), discard-prev (released), merge.")
 AUDIO_POLICY_OPT = typer.Option("merge", help="Audio memory: merge (released), discard, discard-prev.")
-READER_OPT = typer.Option("full", "--reader", "--policy", help="Reading / KV policy: full, pd, snapkv, omnimem, recent, "
-                          "similarity, similarity-merge, infinipot, rekv.")
+READER_OPT = typer.Option("full", "--reader", "--policy", help="Reading / KV policy, a registered reader "
+                          "(avmem.memory.kv.readers): full, pd, snapkv, omnimem, recent, similarity, similarity-merge, "
+                          "infinipot, rekv.")
 READ_TOKENS_OPT = typer.Option(16384, help="pd: audio/visual KV entries kept per layer on average.")
 READ_CHUNK_OPT = typer.Option(16384, help="pd: memory tokens prefilled per chunk.")
 READ_PER_LAYER_OPT = typer.Option(False, "--read-per-layer", help="pd: rank per layer (released) instead of jointly.")
@@ -136,8 +137,11 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
                  budget_file: str | None = None, omni_lambda: float = 0.02, incremental: bool = False,
                  bank_step: int | None = 4096):
     """Load the model and open a session; notes go to stderr."""
+    from .memory.kv.readers import get_reader
     from .model import load_model
     from .session import StreamSession
+
+    get_reader(reader)  # an unknown reader fails before the model loads, listing the registered names
 
     import torch
 

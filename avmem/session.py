@@ -36,6 +36,8 @@ from .memory.bank import (
     SegmentMerge,
     TokenBank,
 )
+from .memory.kv.readers import MemoryKV, MemoryPrompt, get_reader, reader_names
+from .memory.kv.readers import budgets as reader_budgets
 from .memory.ssm import Mamba2State
 from .memory.ttt import TTTMemory, TTTState, official_positions
 from .model import AVMemModel
@@ -44,8 +46,6 @@ SESSION_FORMAT = "avmem-session/1"
 AUDIO_RATE = 16000
 AUDIO_TOKENS_PER_SECOND = 2
 VISION_BATCH_PATCHES = 4
-KV_POLICIES = {"omnimem", "recent", "similarity", "similarity-merge", "infinipot"}
-READERS = ("full", "pd", "snapkv", "omnimem", "recent", "similarity", "similarity-merge", "infinipot", "rekv")
 POLICIES: dict[str, type[CompressionPolicy]] = {
     "discard": NextSimilarityDiscard,
     "discard-prev": PreviousSimilarityDiscard,
@@ -68,7 +68,7 @@ class SessionSettings:
         bank_step: absorb this many new tokens per compression (released: 4096).
         chunk_frames: frames per vision/TTT call (released: 128 = 64 temporal patches).
         max_new_tokens: answer length limit.
-        reader: "full" (the whole memory goes to the LLM) or "pd" (prompt-dependent reading, seed 001 §3.3:
+        reader: a registered reader (:mod:`avmem.memory.kv.readers`; ``reader_names()`` lists them): "full" (the whole memory goes to the LLM) or "pd" (prompt-dependent reading, seed 001 §3.3:
             the memory is prefilled in chunks of ``read_chunk`` tokens with the question and only
             ``read_tokens`` audio/visual KV entries per layer on average are kept, ranked jointly across
             layers or, with ``read_joint=False``, per layer as in the released code), or "omnimem"
@@ -83,7 +83,8 @@ class SessionSettings:
             between questions and each layer answers from the ``read_tokens // block_tokens`` blocks the
             question attends to most).
         incremental: with ``reader="full"``, keep the memory's KV cache between questions so a question
-            costs a prefill of the question and of what was added since (see :class:`KVReuse`).
+            costs a prefill of the question and of what was added since (see
+            :class:`~avmem.memory.kv.reuse.MemoryKV`).
     """
 
     fps: float = 1.0
@@ -109,12 +110,7 @@ class SessionSettings:
 
     def budgets(self, model: AVMemModel):
         """The KV budget schedule: ``budget_file``, or ``read_tokens`` in every layer."""
-        from .memory.kv.budgets import BudgetSchedule
-
-        layers = model.backbone.model.config.text_config.num_hidden_layers
-        if self.budget_file is not None:
-            return BudgetSchedule.load(self.budget_file, num_layers=layers)
-        return BudgetSchedule.uniform(layers, self.read_tokens)
+        return reader_budgets(self, model)
 
     def check(self, model: AVMemModel) -> None:
         """Raise ValueError naming the first bad setting."""
@@ -134,17 +130,14 @@ class SessionSettings:
         for name in ("video_policy", "audio_policy"):
             if getattr(self, name) not in POLICIES:
                 raise ValueError(f"{name} must be one of {sorted(POLICIES)}, got {getattr(self, name)!r}")
-        if self.incremental and self.reader != "full":
-            raise ValueError("incremental applies to reader='full' only")
-        if self.reader not in READERS:
-            raise ValueError(f"reader must be one of {READERS}, got {self.reader!r}")
-        if self.budget_file is not None and self.reader not in KV_POLICIES:
-            raise ValueError(f"budget_file only applies to readers {sorted(KV_POLICIES)}")
-        if self.reader in KV_POLICIES:
-            self.budgets(model)  # validates the file against the model
-        if self.reader in ("pd", "snapkv") and self.read_tokens > self.video_tokens + self.audio_tokens:
-            raise ValueError(f"read_tokens ({self.read_tokens}) is more than the memory holds "
-                             f"({self.video_tokens} video + {self.audio_tokens} audio tokens)")
+        reader = get_reader(self.reader)  # ValueError listing the registered names
+        if self.incremental and not reader.supports_incremental:
+            names = [n for n in reader_names() if get_reader(n).supports_incremental]
+            raise ValueError(f"incremental applies to readers {names} only, not {self.reader!r}")
+        if self.budget_file is not None and not reader.uses_budgets:
+            raise ValueError(f"budget_file only applies to readers "
+                             f"{[n for n in reader_names() if get_reader(n).uses_budgets]}")
+        reader.check(self, model)
         if self.use_audio and model.audio is None:
             raise ValueError("this model has no audio encoder: use use_audio=False (--no-audio)")
         if self.use_ttt and model.ttt is None:
@@ -197,16 +190,6 @@ class AudioLog:
         """Start time (s) of the audio each token id covers."""
         piece = np.searchsorted(self.first_id, ids, side="right") - 1
         return self.start[piece] + (ids - self.first_id[piece]) / AUDIO_TOKENS_PER_SECOND
-
-
-@dataclass
-class KVReuse:
-    """The memory part's KV cache kept between questions (incremental mode): positions [3, M],
-    embeddings [M, D] of its rows, and the cache itself."""
-
-    positions: Tensor
-    embeds: Tensor
-    cache: object
 
 
 @dataclass
@@ -270,8 +253,9 @@ class StreamSession:
         self._audio_bank = TokenBank(settings.audio_tokens, POLICIES[settings.audio_policy](), settings.bank_step)
         self._questions = 0
         self._last_read: list[int] | None = None
-        self._kv: KVReuse | None = None
-        self._kv_mode: str | None = None
+        self._memory_kv = MemoryKV()  # the memory's KV between questions (incremental reading, ReKV)
+        self._asked: tuple | None = None  # (state, its counters, flushed copy) of the last question
+        self._token_ids: dict[str, list[int]] = {}  # tokenized timestamps and prompt pieces
         self.trainable = False
         self.train_vision = False
         self.train_audio = False
@@ -467,6 +451,31 @@ class StreamSession:
     def _text_ids(self, text: str) -> list[int]:
         return self.model.backbone.tokenizer(text, add_special_tokens=False).input_ids
 
+    def _cached_ids(self, text: str) -> list[int]:
+        """:meth:`_text_ids` of a text that recurs (timestamps, turn headers), tokenized once per session."""
+        ids = self._token_ids.get(text)
+        if ids is None:
+            ids = self._token_ids[text] = self._text_ids(text)
+        return ids
+
+    @property
+    def _kv(self):
+        """The memory KV kept between questions (what a failed step restores)."""
+        return self._memory_kv._kept
+
+    @_kv.setter
+    def _kv(self, kept) -> None:
+        self._memory_kv._kept = kept
+
+    @property
+    def _kv_mode(self) -> str | None:
+        """How the last question reused the kept memory KV (``stats().kv_reuse``)."""
+        return self._memory_kv.mode
+
+    @_kv_mode.setter
+    def _kv_mode(self, mode: str | None) -> None:
+        self._memory_kv.mode = mode
+
     @torch.no_grad()
     def ask(self, question: str, max_new_tokens: int | None = None) -> str:
         """Answer ``question`` from the memory (greedy decoding)."""
@@ -504,126 +513,48 @@ class StreamSession:
 
     @torch.no_grad()
     def _answer_start(self, question: str):
-        """Run the memory and ``question`` through the session's reader: (cache, first answer logits, next
-        position)."""
+        """Run the memory and ``question`` through the session's reader (from the registry of
+        :mod:`avmem.memory.kv.readers`): (cache, first answer logits, next position)."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("ask: the question must be a non-empty string")
-        st = self._flushed()
-        if len(st.patches) == 0 and st.audio is None:
-            raise ValueError("ask: nothing has been fed yet")
-        embeds, positions, visual_mask, deepstack, selectable, n_query = self._prompt(st, self._question_tail(question))
-        bb = self.model.backbone
-        settings = self.settings
-        cut = embeds.shape[0] - n_query
-        vis = None if deepstack is None else visual_mask[:cut]
+        prompt = self._memory_prompt(self._asking_state("ask: "), self._question_tail(question))
         self._questions += 1
-        if settings.reader in ("pd", "snapkv") and int(selectable.sum()) > settings.read_tokens:
-            from .memory.kv.reader import PromptDependentReader
+        reader = get_reader(self.settings.reader)(self.settings, self.model)
+        result = reader.read(self.model.backbone, prompt, self._memory_kv)
+        self._last_read = result.kept
+        return result.cache, result.logits, result.next_position
 
-            if settings.reader == "pd":
-                reader = PromptDependentReader(settings.read_chunk, settings.read_tokens, settings.read_joint)
-            else:
-                reader = PromptDependentReader(settings.read_chunk, settings.read_tokens, joint=False, pool=7)
-            result = reader.read(bb, embeds[:cut], positions[:, :cut], selectable[:cut], embeds[cut:],
-                                 positions[:, cut:], vis, deepstack)
-            self._last_read = result.kept
-            return result.cache, result.logits, result.next_position
-        elif settings.reader in KV_POLICIES:
-            from .memory.kv import omnimem
-            from .memory.kv.selection import AUDIO, TEXT, VISUAL
-
-            modality = torch.full((cut,), TEXT, dtype=torch.long)
-            modality[selectable[:cut]] = AUDIO
-            modality[visual_mask[:cut]] = VISUAL
-            budgets = settings.budgets(self.model)
-            if settings.reader == "omnimem":
-                policy = omnimem.OmniMemPolicy(budgets, settings.read_chunk, settings.omni_lambda)
-            else:
-                cls = {"recent": omnimem.RecentWindowPolicy, "similarity": omnimem.SimilarityDiscardPolicy,
-                       "similarity-merge": omnimem.SimilarityMergePolicy,
-                       "infinipot": omnimem.InfiniPotVPolicy}[settings.reader]
-                policy = cls(budgets, settings.read_chunk)
-            result = policy.read(bb, embeds[:cut], positions[:, :cut], modality, embeds[cut:], positions[:, cut:],
-                                 vis, deepstack)
-            self._last_read = result.kept
-            return result.cache, result.logits, result.next_position
-        elif settings.reader == "rekv" and int(selectable.sum()) > settings.read_tokens:
-            from .memory.kv.reader import BlockRetrievalReader
-
-            full = self._memory_cache(embeds[:cut], positions[:, :cut], visual_mask[:cut], deepstack)
-            reader = BlockRetrievalReader(settings.block_tokens, settings.read_tokens)
-            result = reader.read(bb, full, selectable[:cut], embeds[cut:], positions[:, cut:],
-                                 int(positions.max()) + 1)
-            self._last_read = result.kept
-            return result.cache, result.logits, result.next_position
-        elif settings.incremental or settings.reader == "rekv":
-            cache = self._memory_cache(embeds[:cut], positions[:, :cut], visual_mask[:cut], deepstack)
-            logits = bb.forward_embeds(embeds[cut:], positions[:, cut:], cache, None, None)
-            self._last_read = None
-            return cache, logits, int(positions.max()) + 1
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=bb.model.config.text_config)
-        logits = bb.forward_embeds(embeds, positions, cache, None if deepstack is None else visual_mask, deepstack)
-        self._last_read = None
-        return cache, logits, int(positions.max()) + 1
+    def _asking_state(self, where: str = "") -> SessionState:
+        """The state with everything pending absorbed, as a question sees it. While nothing was fed since the last
+        question (same state object, same counters) the absorbed copy is reused, so a follow-up question does not
+        encode the pending frames and audio again; never while training (the copy would hold a graph)."""
+        st = self.state
+        key = (st.frames, st.audio_samples, st.video_ids, st.audio_ids, len(st.pending_frames), len(st.pending_audio))
+        memo = self._asked
+        if memo is not None and memo[0] is st and memo[1] == key and not self.trainable:
+            flushed = memo[2]
+        else:
+            flushed = self._flushed()
+            self._asked = None if self.trainable else (st, key, flushed)
+        if len(flushed.patches) == 0 and flushed.audio is None:
+            raise ValueError(f"{where}nothing has been fed yet")
+        return flushed
 
     def memory_inputs(self):
         """The memory part of the LLM input as the next question would see it: embeddings [L, D], positions
-        [3, L], modality [L] (TEXT/AUDIO/VISUAL), visual mask [L] and DeepStack rows [k, n_visual, D] or None."""
-        from .memory.kv.selection import AUDIO, TEXT, VISUAL
+        [3, L], modality [L] (TEXT/AUDIO/VISUAL), visual mask [L] and DeepStack rows [k, n_visual, D] or None
+        (all on the model's device)."""
+        p = self._memory_prompt(self._asking_state(), self._question_tail("?"))
+        return p.embeds, p.positions, p.modality, p.visual_mask, p.deepstack
 
-        st = self._flushed()
-        if len(st.patches) == 0 and st.audio is None:
-            raise ValueError("nothing has been fed yet")
-        embeds, positions, visual, deepstack, selectable, n_query = self._prompt(st, self._question_tail("?"))
-        cut = embeds.shape[0] - n_query
-        modality = torch.full((cut,), TEXT, dtype=torch.long)
-        modality[selectable[:cut]] = AUDIO
-        modality[visual[:cut]] = VISUAL
-        return embeds[:cut], positions[:, :cut], modality, visual[:cut], deepstack
-
-    def _memory_cache(self, embeds: Tensor, positions: Tensor, visual_mask: Tensor, deepstack: Tensor | None):
-        """A KV cache of the memory part, reusing the one kept from the previous question when possible.
-
-        Rows are identified by their (t, h, w) position (unique in the layout) and compared by content.
-        * ``exact``: the kept cache covers the memory exactly, or the memory only gained rows after all
-          of it — the result equals prefilling from scratch.
-        * ``approximate``: rows were also dropped (evicted tokens, emptied patch wrappers); the kept rows'
-          keys/values were computed while the dropped rows were still there.
-        * ``recomputed``: rows changed content (e.g. merged audio) or were added in the middle.
-        """
-        from transformers import DynamicCache
-
-        from .memory.kv.reader import copy_cache, keep_rows
-
-        bb = self.model.backbone
-        old = self._kv
-        cache, start, mode = None, 0, "recomputed"
-        if old is not None:
-            index = {tuple(p): i for i, p in enumerate(old.positions.t().tolist())}
-            new_keys = [tuple(p) for p in positions.t().tolist()]
-            matched = [(i, index.get(k)) for i, k in enumerate(new_keys)]
-            kept_new = [i for i, j in matched if j is not None and torch.equal(embeds[i], old.embeds[j])]
-            kept_old = [matched[i][1] for i in kept_new]
-            prefix = len(kept_new) == kept_new[-1] + 1 if kept_new else False
-            if prefix and kept_old == sorted(kept_old):
-                cache = copy_cache(old.cache)
-                if len(kept_old) < old.positions.shape[1]:
-                    for layer in cache.layers:
-                        keep_rows(layer, torch.tensor(kept_old))
-                    mode = "approximate"
-                else:
-                    mode = "exact"
-                start = len(kept_new)
-        if cache is None:
-            cache = DynamicCache(config=bb.model.config.text_config)
-        if start < embeds.shape[0]:
-            mask, ds = deepstack_slice(visual_mask, deepstack, start)
-            bb.forward_embeds(embeds[start:], positions[:, start:], cache, mask, ds)
-        self._kv = KVReuse(positions=positions.clone(), embeds=embeds.clone(), cache=copy_cache(cache))
-        self._kv_mode = mode
-        return cache
+    def _memory_prompt(self, st: SessionState, tail: list[int]) -> MemoryPrompt:
+        """The LLM input for ``tail`` (token ids after the memory) split where the memory ends."""
+        embeds, positions, visual, deepstack, selectable, n_tail, next_position = self._build_prompt(st, tail)
+        cut = embeds.shape[0] - n_tail
+        return MemoryPrompt(embeds=embeds[:cut], positions=positions[:, :cut],
+                            modality=MemoryPrompt.modality_of(selectable[:cut], visual[:cut]),
+                            visual_mask=visual[:cut], deepstack=deepstack, question=embeds[cut:],
+                            question_positions=positions[:, cut:], next_position=next_position)
 
     def _audio_patch(self, st: SessionState, ids: np.ndarray) -> np.ndarray:
         """Temporal patch of each audio token id (by time; audio after the last patch goes to it)."""
@@ -641,78 +572,113 @@ class StreamSession:
     def _question_tail(self, question: str) -> list[int]:
         """Token ids after the memory: the question, the end of the user turn and the assistant header."""
         tok = self.model.backbone.tokens
-        tail = self._text_ids("\n" + question.strip()) + [tok.im_end] + self._text_ids("\n")
-        return tail + [tok.im_start] + self._text_ids("assistant\n")
+        tail = self._text_ids("\n" + question.strip()) + [tok.im_end] + self._cached_ids("\n")
+        return tail + [tok.im_start] + self._cached_ids("assistant\n")
 
     def _prompt(self, st: SessionState, tail: list[int]):
         """Input embeddings [L, D], positions [3, L], visual mask [L], deepstack [k, n_visual, D] (or None),
         selectable mask [L] (audio/visual tokens), and the number of trailing rows (``tail``, token ids placed
-        after the memory)."""
+        after the memory); all on the model's device."""
+        return self._build_prompt(st, tail)[:6]
+
+    def _build_prompt(self, st: SessionState, tail: list[int]):
+        """:meth:`_prompt` and the first position after the tail.
+
+        Vectorised: the layout (which row holds what, at which position) is computed with numpy from the patch
+        log and the banks' ids, sent to the device in one copy, and the embeddings are gathered there from the
+        text embeddings and the banks in one indexing (differentiable: training uses it). Equal, row for row,
+        to the per-patch construction kept as the reference in tests/test_prompt_builder.py.
+        """
+        def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
+            return np.concatenate([[0], np.cumsum(x)[:-1]]).astype(np.int64)
+
         bb = self.model.backbone
         tok = bb.tokens
-        pieces: list[Tensor] = []
-        positions: list[Tensor] = []
-        visual: list[Tensor] = []
-        deep: list[Tensor] = []
-
-        selectable: list[Tensor] = []
-
-        def add_text(ids: list[int], pos: int) -> int:
-            pieces.append(bb.embed(torch.tensor(ids)))
-            positions.append(torch.arange(pos, pos + len(ids)).view(1, -1).expand(3, -1))
-            visual.append(torch.zeros(len(ids), dtype=torch.bool))
-            selectable.append(torch.zeros(len(ids), dtype=torch.bool))
-            return pos + len(ids)
-
-        def add_tokens(tokens: Tensor, pos: Tensor, is_visual: bool) -> None:
-            pieces.append(tokens.to(bb.device))
-            positions.append(pos)
-            visual.append(torch.full((len(tokens),), is_visual, dtype=torch.bool))
-            selectable.append(torch.ones(len(tokens), dtype=torch.bool))
-
-        prefix = [tok.im_start] + self._text_ids("user\n")
-        pos = add_text(prefix, 0)
+        device = bb.device
+        prefix = [tok.im_start] + self._cached_ids("user\n")
         log = st.patches
         v_ids = st.video.ids.cpu().numpy() if st.video is not None else np.zeros(0, dtype=np.int64)
         a_ids = st.audio.ids.cpu().numpy() if st.audio is not None else np.zeros(0, dtype=np.int64)
+        n_v, n_a = len(v_ids), len(a_ids)
+        v_order = np.zeros(0, dtype=np.int64)
         if len(log):
             a_counts = self._audio_counts(st)
             block = log.grid.max(axis=1)
             # full-layout position of each patch's first token: timestamp, vision_start, video block, audio, end
             sizes = log.n_ts + 1 + block + a_counts + 1
-            starts = pos + np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            starts = len(prefix) + np.concatenate([[0], np.cumsum(sizes)[:-1]])
             v_patch = np.searchsorted(log.first_id, v_ids, side="right") - 1
             a_patch = self._audio_patch(st, a_ids)
             a_first = np.concatenate([[0], np.cumsum(a_counts)[:-1]])
-            for k in np.union1d(v_patch, a_patch):
-                v_sel = np.nonzero(v_patch == k)[0]
-                a_sel = np.nonzero(a_patch == k)[0]
-                ts = f"<{log.times[k]:.1f} seconds>"
-                p = add_text(self._text_ids(ts) + [tok.vision_start], int(starts[k]))
-                if len(v_sel):
-                    local = torch.from_numpy(v_ids[v_sel] - log.first_id[k])
-                    wm = int(log.grid[k, 1])
-                    rows, cols = local // wm, local % wm
-                    sel = torch.from_numpy(v_sel).to(st.video.tokens.device)
-                    add_tokens(st.video.tokens[sel, 0], torch.stack([torch.full_like(rows, p), p + rows, p + cols]),
-                               True)
-                    if st.video.tokens.shape[1] > 1:
-                        deep.append(st.video.tokens[sel, 1:].to(bb.device))
-                p += int(block[k])
-                if len(a_sel):
-                    local = torch.from_numpy(a_ids[a_sel] - a_first[k])
-                    add_tokens(st.audio.tokens[torch.from_numpy(a_sel).to(st.audio.tokens.device)],
-                               (p + local).view(1, -1).expand(3, -1), False)
-                add_text([tok.vision_end], p + int(a_counts[k]))
+            kept = np.union1d(v_patch, a_patch)  # patches still holding tokens, in order
+            heads = [self._cached_ids(f"<{log.times[k]:.1f} seconds>") + [tok.vision_start] for k in kept]
+            n_head = np.array([len(h) for h in heads], dtype=np.int64)
+            nv = np.bincount(np.searchsorted(kept, v_patch), minlength=len(kept))
+            na = np.bincount(np.searchsorted(kept, a_patch), minlength=len(kept))
+            seg_start = len(prefix) + _exclusive_cumsum(n_head + nv + na + 1)  # row of each kept patch's first token
+            p = starts[kept] + n_head  # position of the video block
+            q = p + block[kept]  # position of the audio tokens
+            # text rows: the prefix, each kept patch's timestamp + vision_start and vision_end, the tail
+            per = n_head + 1
+            rank = np.arange(per.sum()) - np.repeat(_exclusive_cumsum(per), per)
+            text_rows = np.repeat(seg_start, per) + np.where(rank < np.repeat(n_head, per), rank,
+                                                             np.repeat(n_head + nv + na, per))
+            text_pos = np.where(rank < np.repeat(n_head, per), np.repeat(starts[kept], per) + rank,
+                                np.repeat(q + a_counts[kept], per))
+            patch_ids = [i for h in heads for i in (*h, tok.vision_end)]
             pos = int(starts[-1] + sizes[-1])
-        elif len(a_ids):
-            add_tokens(st.audio.tokens, (pos + torch.from_numpy(a_ids)).view(1, -1).expand(3, -1), False)
+            # video rows: bank rows grouped by patch (bank order within one), at (p, p + row, p + col)
+            v_order = np.argsort(v_patch, kind="stable")
+            vi = np.searchsorted(kept, v_patch[v_order])
+            v_rows = seg_start[vi] + n_head[vi] + np.arange(n_v) - _exclusive_cumsum(nv)[vi]
+            local = v_ids[v_order] - log.first_id[kept[vi]]
+            wm = log.grid[kept[vi], 1]
+            v_pos = np.stack([p[vi], p[vi] + local // wm, p[vi] + local % wm])
+            # audio rows: after the patch's video rows, at q + the token's index in the patch's time span
+            a_order = np.argsort(a_patch, kind="stable")
+            ai = np.searchsorted(kept, a_patch[a_order])
+            a_rows = seg_start[ai] + n_head[ai] + nv[ai] + np.arange(n_a) - _exclusive_cumsum(na)[ai]
+            a_pos = q[ai] + a_ids[a_order] - a_first[kept[ai]]
+        else:  # audio only: the audio tokens at their ids, no wrappers
+            patch_ids, text_rows, text_pos = [], np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+            pos = len(prefix)
+            v_rows, v_pos = np.zeros(0, dtype=np.int64), np.zeros((3, 0), dtype=np.int64)
+            a_order = np.arange(n_a)
+            a_rows = len(prefix) + a_order
+            a_pos = len(prefix) + a_ids
             pos += int(st.audio_ids)
-        add_text(tail, pos)
-        embeds = torch.cat([p.to(bb.dtype) for p in pieces])
-        mask = torch.cat(visual)
-        deepstack = torch.cat(deep).permute(1, 0, 2).contiguous() if deep else None
-        return embeds, torch.cat(positions, dim=1), mask, deepstack, torch.cat(selectable), len(tail)
+        body = len(prefix) + len(patch_ids) + n_v + n_a
+        length = body + len(tail)
+        text_ids = prefix + patch_ids + list(tail)
+        n_text = len(text_ids)
+        text_rows = np.concatenate([np.arange(len(prefix)), text_rows, body + np.arange(len(tail))])
+        text_pos = np.concatenate([np.arange(len(prefix)), text_pos, pos + np.arange(len(tail))])
+        # gather[row] = row of cat([text embeddings, video bank rows, audio bank rows]); kind 0 text, 1 video, 2 audio
+        gather = np.empty(length, dtype=np.int64)
+        kind = np.zeros(length, dtype=np.int64)
+        positions = np.empty((3, length), dtype=np.int64)
+        gather[text_rows] = np.arange(n_text)
+        positions[:, text_rows] = text_pos
+        gather[v_rows] = n_text + v_order
+        kind[v_rows] = 1
+        positions[:, v_rows] = v_pos
+        gather[a_rows] = n_text + n_v + a_order
+        kind[a_rows] = 2
+        positions[:, a_rows] = a_pos
+        packed = torch.from_numpy(np.concatenate([gather, kind, positions.ravel(), np.asarray(text_ids, dtype=np.int64),
+                                                  v_order])).to(device)  # one host-to-device copy
+        gather_t, kind_t, pos_t, ids_t, v_order_t = packed.split([length, length, 3 * length, n_text, n_v])
+        sources = [bb.embed(ids_t).to(bb.dtype)]
+        if n_v:
+            sources.append(st.video.tokens[:, 0].to(device, bb.dtype))
+        if n_a:
+            sources.append(st.audio.tokens.to(device, bb.dtype))
+        embeds = torch.cat(sources)[gather_t]
+        deepstack = None
+        if n_v and st.video.tokens.shape[1] > 1:
+            deepstack = st.video.tokens[v_order_t.to(st.video.tokens.device), 1:].to(device).permute(1, 0, 2).contiguous()
+        visual = kind_t == 1
+        return (embeds, pos_t.view(3, length), visual, deepstack, kind_t != 0, len(tail), pos + len(tail))
 
     # telemetry and persistence ----------------------------------------------------------------------
 

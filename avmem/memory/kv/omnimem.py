@@ -84,8 +84,9 @@ class ChunkedKVPolicy:
     @torch.no_grad()
     def read(self, backbone, memory: Tensor, memory_positions: Tensor, modality: Tensor, prompt: Tensor,
              prompt_positions: Tensor, visual_mask: Tensor | None = None,
-             deepstack: Tensor | None = None) -> ReadResult:
-        """Compress ``memory`` [L, D] (positions [3, L], modality [L] of TEXT/AUDIO/VISUAL) and run ``prompt``.
+             deepstack: Tensor | None = None, next_position: int | None = None) -> ReadResult:
+        """Compress ``memory`` [L, D] (positions [3, L], modality [L] of TEXT/AUDIO/VISUAL) and run ``prompt``;
+        ``next_position`` (the first decoding position) is computed from the positions when not given.
 
         Returns the cache after the prompt pass, the first answer logits, the next position, and the
         audio+visual entries each layer holds.
@@ -95,8 +96,9 @@ class ChunkedKVPolicy:
         """
         cache, held_mod, held_idx = self.compress(backbone, memory, memory_positions, modality, visual_mask, deepstack)
         logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)
-        kept = [int(((m == AUDIO) | (m == VISUAL)).sum()) for m in held_mod]
-        next_position = int(torch.cat([memory_positions, prompt_positions], dim=1).max()) + 1
+        kept = torch.stack([((m == AUDIO) | (m == VISUAL)).sum() for m in held_mod]).tolist()
+        if next_position is None:
+            next_position = int(torch.cat([memory_positions, prompt_positions], dim=1).max()) + 1
         return ReadResult(cache=cache, logits=logits, next_position=next_position, kept=kept,
                           modality=[m.clone() for m in held_mod], entries=[i.clone() for i in held_idx])
 
@@ -106,7 +108,7 @@ class ChunkedKVPolicy:
         """The chunked prefill with per-layer selection: (cache holding each layer's kept entries, their
         modality per layer, their memory index per layer). Runs in the caller's grad mode: with gradients
         on (budget-aware fine-tuning) the kept keys/values keep their graph back through earlier chunks;
-        the selection itself carries none.
+        the selection itself carries none. Scores and indices stay on the memory's device.
         """
         model = backbone.model
         layers = model.config.text_config.num_hidden_layers
@@ -115,13 +117,15 @@ class ChunkedKVPolicy:
         length = memory.shape[0]
         if memory_positions.shape != (3, length) or modality.shape != (length,):
             raise ValueError("memory, positions and modality do not match")
+        device = memory.device
+        modality, memory_positions = modality.to(device), memory_positions.to(device)
         capture = ChunkCapture()
         inputs: dict[int, Tensor] = {}
         cache = DynamicCache(config=model.config.text_config)
         held_h: list[Tensor | None] = [None] * layers
         held_mod: list[Tensor] = [modality.new_zeros(0)] * layers
-        held_a: list[Tensor] = [torch.zeros(0)] * layers
-        held_idx: list[Tensor] = [torch.zeros(0, dtype=torch.long)] * layers
+        held_a: list[Tensor] = [torch.zeros(0, device=device)] * layers
+        held_idx: list[Tensor] = [torch.zeros(0, dtype=torch.long, device=device)] * layers
         with capturing(model, capture, inputs):
             for start in range(0, length, self.chunk_tokens):
                 stop = min(start + self.chunk_tokens, length)
@@ -134,13 +138,13 @@ class ChunkedKVPolicy:
                     hidden = inputs[li][-(stop - start):]
                     h = hidden if held_h[li] is None else torch.cat([held_h[li], hidden.to(held_h[li].dtype)])
                     mods = torch.cat([held_mod[li], chunk_mod])
-                    order = torch.cat([held_idx[li], torch.arange(start, stop)])
-                    a = capture.importance[li].float().cpu()
+                    order = torch.cat([held_idx[li], torch.arange(start, stop, device=device)])
+                    a = capture.importance[li].float().to(device)
                     a[:old] = (a[:old] + held_a[li]) / 2
-                    values = cache.layers[li].values[0].transpose(0, 1).reshape(len(order), -1).float().cpu()
+                    values = cache.layers[li].values[0].transpose(0, 1).reshape(len(order), -1).float().to(device)
                     entries = Entries(hidden=h, attention=a, order=order, modality=mods,
                                       positions=memory_positions[:, order], values=values)
-                    keep = self.reduce(entries, cache.layers[li], self.budgets[li])
+                    keep = self.reduce(entries, cache.layers[li], self.budgets[li]).to(device)
                     keep_rows(cache.layers[li], keep)
                     h = entries.hidden
                     held_h[li], held_mod[li], held_a[li] = h[keep.to(h.device)], mods[keep], a[keep]
@@ -184,7 +188,7 @@ class SimilarityDiscardPolicy(ChunkedKVPolicy):
     modality (layer-input hidden states)."""
 
     def score(self, entries: Entries) -> Tensor:
-        score = torch.zeros(len(entries.order), dtype=torch.float64)
+        score = torch.zeros(len(entries.order), dtype=torch.float64, device=entries.hidden.device)
         unit = torch.nn.functional.normalize(entries.hidden.float(), dim=-1)
         for kind in (AUDIO, VISUAL):
             rows = torch.nonzero(entries.modality == kind).flatten()
@@ -223,8 +227,9 @@ class SimilarityMergePolicy(ChunkedKVPolicy):
         to the cache's keys/values and to ``hidden`` in a single scatter each.
         """
         count = sum(len(r) for r in runs)
+        device = hidden.device
         if count <= limit:
-            return torch.tensor([i for r in runs for i in r], dtype=torch.long)
+            return torch.tensor([i for r in runs for i in r], dtype=torch.long, device=device)
         vec = hidden.detach().double().cpu().numpy().copy()
         unit = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
         nxt: dict[int, int | None] = {}
@@ -264,13 +269,14 @@ class SimilarityMergePolicy(ChunkedKVPolicy):
         rows = sorted(sorted(members, key=lambda r: -len(members[r]))[:limit])
         merged = [r for r in rows if len(members[r]) > 1]
         if merged:
-            src = torch.tensor([m for r in merged for m in members[r]], dtype=torch.long)
-            dst = torch.tensor([r for r in merged for _ in members[r]], dtype=torch.long)
-            w = torch.from_numpy(coef[src.numpy()])
+            src_list = [m for r in merged for m in members[r]]
+            src = torch.tensor(src_list, dtype=torch.long, device=device)
+            dst = torch.tensor([r for r in merged for _ in members[r]], dtype=torch.long, device=device)
+            w = torch.from_numpy(coef[src_list]).to(device)
             for t in (layer.keys, layer.values):
                 _mix_rows(t, src, dst, w, dim=t.dim() - 2)
             _mix_rows(hidden, src, dst, w, dim=0)
-        return torch.tensor(rows, dtype=torch.long)
+        return torch.tensor(rows, dtype=torch.long, device=device)
 
 
 def _mix_rows(t: Tensor, src: Tensor, dst: Tensor, weight: Tensor, dim: int) -> None:
@@ -300,13 +306,29 @@ class InfiniPotVPolicy(ChunkedKVPolicy):
     def score(self, entries: Entries) -> Tensor:
         norm = entries.values.norm(dim=-1).double()
         norm = norm / norm.max().clamp_min(1e-12)
-        novelty = torch.ones(len(entries.order), dtype=torch.float64)
-        unit = torch.nn.functional.normalize(entries.hidden.float(), dim=-1)
-        pos = entries.positions
-        last: dict[tuple[int, int], int] = {}
-        for i in torch.nonzero(entries.modality == VISUAL).flatten().tolist():
-            where = (int(pos[1, i] - pos[0, i]), int(pos[2, i] - pos[0, i]))
-            if where in last:
-                novelty[i] = 1 - float((unit[i] * unit[last[where]]).sum())
-            last[where] = i
-        return self.alpha * novelty + (1 - self.alpha) * norm
+        return self.alpha * temporal_novelty(entries) + (1 - self.alpha) * norm
+
+
+def temporal_novelty(entries: Entries) -> Tensor:
+    """1 - cosine (layer inputs) of each visual entry to the previous visual entry (in entry order) at the same
+    spatial location (row, col) = (h - t, w - t); 1 where there is none and for non-visual entries. [N] float64.
+
+    Vectorised: a stable sort by location keeps entry order within a location, so the previous entry at the
+    same location is the sorted neighbour.
+    """
+    device = entries.hidden.device
+    novelty = torch.ones(len(entries.order), dtype=torch.float64, device=device)
+    rows = torch.nonzero(entries.modality == VISUAL).flatten()
+    if len(rows) < 2:
+        return novelty
+    pos = entries.positions.to(device)[:, rows]
+    dh, dw = pos[1] - pos[0], pos[2] - pos[0]
+    dh, dw = dh - dh.min(), dw - dw.min()
+    where = dh * (int(dw.max()) + 1) + dw
+    where, perm = torch.sort(where, stable=True)
+    ordered = rows[perm]
+    unit = torch.nn.functional.normalize(entries.hidden.float(), dim=-1)
+    cos = (unit[ordered[1:]] * unit[ordered[:-1]]).sum(-1)
+    repeat = where[1:] == where[:-1]
+    novelty[ordered[1:][repeat]] = 1 - cos[repeat].double()
+    return novelty

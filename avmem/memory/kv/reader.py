@@ -33,12 +33,12 @@ class ReadResult:
     """The compressed cache after the prompt pass, the logits of the first answer token, and the
     next decoding position; ``kept`` holds the selectable entries kept per layer; where the policy tracks
     them, ``modality`` and ``entries`` give the modality and memory index of every entry each layer holds
-    before the prompt."""
+    before the prompt; ``kept`` is None for a reader that keeps everything."""
 
     cache: DynamicCache
     logits: Tensor
     next_position: int
-    kept: list[int]
+    kept: list[int] | None
     modality: list[Tensor] | None = None
     entries: list[Tensor] | None = None
 
@@ -75,7 +75,7 @@ class PromptDependentReader:
     @torch.no_grad()
     def read(self, backbone, memory: Tensor, memory_positions: Tensor, selectable: Tensor, prompt: Tensor,
              prompt_positions: Tensor, visual_mask: Tensor | None = None,
-             deepstack: Tensor | None = None) -> ReadResult:
+             deepstack: Tensor | None = None, next_position: int | None = None) -> ReadResult:
         """Compress the memory for ``prompt``.
 
         Args:
@@ -83,10 +83,15 @@ class PromptDependentReader:
             memory_positions: [3, L]; selectable: bool [L] (audio/visual entries that may be dropped).
             prompt: embeddings [S, D] of the question part; prompt_positions: [3, S].
             visual_mask: bool [L] video positions of the memory; deepstack: [k, n_visual, D] (Qwen3-VL).
+            next_position: first decoding position (computed from the positions when not given).
+
+        Every index is made on the device of the memory; the selection never leaves it.
 
         Raises:
             ValueError: shapes that do not match, or a read budget larger than the memory.
         """
+        device = memory.device
+        selectable = selectable.to(device)
         n_sel = int(selectable.sum())
         length = memory.shape[0]
         if memory_positions.shape != (3, length) or selectable.shape != (length,) or prompt.dim() != 2:
@@ -108,21 +113,23 @@ class PromptDependentReader:
                 positions = torch.cat([memory_positions[:, start:stop], prompt_positions], dim=1)
                 mask, ds = deepstack_slice(visual_mask, deepstack, start, stop)
                 if mask is not None:
-                    mask = torch.cat([mask, torch.zeros(prompt.shape[0], dtype=torch.bool)])
+                    mask = torch.cat([mask, mask.new_zeros(prompt.shape[0])])
                 capture.importance.clear()
                 backbone.forward_embeds(embeds, positions, cache, mask, ds)
-                quota = round(int(sel.sum()) * self.read_tokens / n_sel * (layers if self.joint else 1))
                 candidates = torch.nonzero(sel).flatten()
-                scores = [self._pooled(capture.importance[li][before[li]:before[li] + (stop - start)])[candidates]
-                          for li in range(layers)]
+                quota = round(len(candidates) * self.read_tokens / n_sel * (layers if self.joint else 1))
+                scores = [self._pooled(capture.importance[li][before[li]:before[li] + (stop - start)])
+                          [candidates.to(capture.importance[li].device)] for li in range(layers)]
                 chosen = (joint_topk(scores, quota) if self.joint else per_layer_topk(scores, quota))
                 text = torch.nonzero(~sel).flatten()
                 for li in range(layers):
-                    rows = torch.sort(torch.cat([text, candidates[chosen[li]]])).values
-                    keep_rows(cache.layers[li], torch.cat([torch.arange(before[li]), before[li] + rows]))
+                    rows = torch.sort(torch.cat([text, candidates[chosen[li].to(device)]])).values
+                    keep_rows(cache.layers[li], torch.cat([torch.arange(before[li], device=device),
+                                                           before[li] + rows]))
                     kept[li] += len(chosen[li])
         logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)
-        next_position = int(torch.cat([memory_positions, prompt_positions], dim=1).max()) + 1
+        if next_position is None:
+            next_position = int(torch.cat([memory_positions, prompt_positions], dim=1).max()) + 1
         return ReadResult(cache=cache, logits=logits, next_position=next_position, kept=kept)
 
 
@@ -174,8 +181,10 @@ class BlockRetrievalReader:
         length = selectable.shape[0]
         if any(layer.keys.shape[-2] != length for layer in full_cache.layers):
             raise ValueError("the cache does not cover the memory rows")
+        from .reuse import shallow_copy
+
         device = backbone.device
-        probe = copy_cache(full_cache)
+        probe = shallow_copy(full_cache)  # the prompt pass replaces the copy's tensors, never writes into them
         if self.offload:
             for layer in probe.layers:
                 layer.keys, layer.values = layer.keys.to(device), layer.values.to(device)
@@ -183,20 +192,23 @@ class BlockRetrievalReader:
         with capturing(model, capture):
             backbone.forward_embeds(prompt, prompt_positions, probe, None, None)
         del probe
+        selectable = selectable.to(device)
         sel_rows = torch.nonzero(selectable).flatten()
         text_rows = torch.nonzero(~selectable).flatten()
-        n_blocks = -(-len(sel_rows) // self.block_tokens)
+        n_sel = len(sel_rows)
+        n_blocks = -(-n_sel // self.block_tokens)
         take = min(n_blocks, max(1, self.read_tokens // self.block_tokens))
-        cache = copy_cache(full_cache)
+        starts = torch.arange(n_blocks, device=device) * self.block_tokens
+        sizes = (n_sel - starts).clamp(max=self.block_tokens).float()  # the last block may be short
+        cache = shallow_copy(full_cache)  # keep_rows replaces the copy's tensors
         kept = []
         for li in range(layers):
-            imp = capture.importance[li][:length][sel_rows].float()
+            imp = capture.importance[li][:length].to(device)[sel_rows].float()
             pad = n_blocks * self.block_tokens - len(imp)
             block_score = torch.nn.functional.pad(imp, (0, pad)).view(n_blocks, self.block_tokens).sum(-1)
-            block_score = block_score / torch.tensor([min(self.block_tokens, len(imp) - b * self.block_tokens)
-                                                      for b in range(n_blocks)], dtype=torch.float32)
-            best = torch.topk(block_score, take).indices
-            rows = torch.cat([sel_rows[b * self.block_tokens:(b + 1) * self.block_tokens] for b in best.tolist()])
+            best = torch.sort(torch.topk(block_score / sizes, take).indices).values
+            members = (best[:, None] * self.block_tokens + torch.arange(self.block_tokens, device=device)).flatten()
+            rows = sel_rows[members[members < n_sel]]
             keep_rows(cache.layers[li], torch.sort(torch.cat([text_rows, rows])).values, device)
             kept.append(len(rows))
         logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)

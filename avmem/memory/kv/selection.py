@@ -13,6 +13,7 @@ Shapes: queries [H, S, d], keys [H_kv, N, d] (grouped-query attention: H is a mu
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -63,9 +64,11 @@ def chunk_importance(queries: Tensor, keys: Tensor) -> Tensor:
     importance is a_j = sum_i softmax_j(l_i). Memory O(q * N) per layer.
     """
     heads, rows, d = queries.shape
-    k = _expand_kv(keys, heads).float()
-    n = k.shape[1]
-    logits = torch.einsum("hqd,hnd->qn", queries.float(), k) / (math.sqrt(d) * heads)
+    _expand_kv(keys[:, :0], heads)  # shape check
+    kv_heads, n = keys.shape[0], keys.shape[1]
+    # sum_h q^h . k^{g(h)} = sum_g (sum_{h in g} q^h) . k^g: no expanded keys, H_kv / H of the work
+    grouped = queries.float().view(kv_heads, heads // kv_heads, rows, d).sum(1)
+    logits = torch.einsum("gqd,gnd->qn", grouped, keys.float()) / (math.sqrt(d) * heads)
     visible = torch.ones(rows, n, dtype=torch.bool, device=queries.device).tril(n - rows)
     return torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1).sum(dim=0)
 
@@ -76,10 +79,10 @@ def joint_topk(importance: list[Tensor], k: int) -> list[Tensor]:
     if k < 0 or k > sum(sizes):
         raise ValueError(f"cannot keep {k} of {sum(sizes)} entries")
     flat = torch.cat([a.float() for a in importance])
-    chosen = torch.topk(flat, k).indices
-    bounds = torch.tensor([0] + sizes).cumsum(0)
-    return [torch.sort(chosen[(chosen >= lo) & (chosen < hi)] - lo).values
-            for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+    chosen = torch.sort(torch.topk(flat, k).indices).values
+    bounds = [0, *itertools.accumulate(sizes)]
+    cuts = torch.searchsorted(chosen, torch.tensor(bounds, device=chosen.device)).tolist()  # one host sync
+    return [chosen[a:b] - lo for a, b, lo in zip(cuts[:-1], cuts[1:], bounds[:-1])]
 
 
 def per_layer_topk(importance: list[Tensor], k: int) -> list[Tensor]:

@@ -47,8 +47,8 @@ class _SignalCapture:
         visible = torch.ones(rows, n, dtype=torch.bool, device=query.device).tril(n - rows)
         logits = logits.masked_fill(~visible, float("-inf"))
         mods = self.modality[:n].to(query.device)
-        sums = torch.zeros(3, dtype=torch.float64)
-        counts = torch.zeros(3, dtype=torch.float64)
+        sums = torch.zeros(3, dtype=torch.float64, device=query.device)
+        counts = torch.zeros(3, dtype=torch.float64, device=query.device)
         sums[0] = _entropy(torch.softmax(logits, -1)).mean().double()
         counts[0] = 1
         for slot, kind in ((1, AUDIO), (2, VISUAL)):
@@ -59,14 +59,15 @@ class _SignalCapture:
                 ent = torch.nan_to_num(_entropy(p), nan=0.0)
                 sums[slot] = ent[has.expand_as(ent)].mean().double()
                 counts[slot] = 1
-        self.sums[layer] = self.sums.get(layer, torch.zeros(3, dtype=torch.float64)) + sums
-        self.counts[layer] = self.counts.get(layer, torch.zeros(3, dtype=torch.float64)) + counts
+        host = torch.stack([sums, counts]).cpu()  # running totals live on the host (one copy per layer)
+        self.sums[layer] = self.sums.get(layer, torch.zeros(3, dtype=torch.float64, device="cpu")) + host[0]
+        self.counts[layer] = self.counts.get(layer, torch.zeros(3, dtype=torch.float64, device="cpu")) + host[1]
 
 
 @dataclass
 class SignalTotals:
-    """Running sums over chunks and videos, per layer: entropy sums/counts [3] (all, audio, visual) and
-    cosine sums/counts [2] (audio, visual)."""
+    """Running sums over chunks and videos, per layer (host tensors): entropy sums/counts [3] (all, audio,
+    visual) and cosine sums/counts [2] (audio, visual)."""
 
     entropy_sum: list[Tensor]
     entropy_count: list[Tensor]
@@ -75,10 +76,10 @@ class SignalTotals:
 
     @classmethod
     def empty(cls, layers: int) -> "SignalTotals":
-        return cls([torch.zeros(3, dtype=torch.float64) for _ in range(layers)],
-                   [torch.zeros(3, dtype=torch.float64) for _ in range(layers)],
-                   [torch.zeros(2, dtype=torch.float64) for _ in range(layers)],
-                   [torch.zeros(2, dtype=torch.float64) for _ in range(layers)])
+        def zeros(n: int) -> list[Tensor]:
+            return [torch.zeros(n, dtype=torch.float64, device="cpu") for _ in range(layers)]
+
+        return cls(zeros(3), zeros(3), zeros(2), zeros(2))
 
     def signals(self) -> LayerSignals:
         """Averages; raises ValueError when a modality was never seen."""
@@ -110,14 +111,14 @@ def measure_signals(backbone, memory: Tensor, positions: Tensor, modality: Tenso
             capture.sums.clear()
             capture.counts.clear()
             backbone.forward_embeds(memory[start:stop], positions[:, start:stop], cache, mask, ds)
-            mods = modality[start:stop]
             for li in range(layers):
                 totals.entropy_sum[li] += capture.sums[li]
                 totals.entropy_count[li] += capture.counts[li]
-                hidden = F.normalize(inputs[li].float().cpu(), dim=-1)
+                hidden = F.normalize(inputs[li].float(), dim=-1)
+                mods = modality[start:stop].to(hidden.device)
                 for slot, kind in ((0, AUDIO), (1, VISUAL)):
                     rows = hidden[mods == kind]
                     if rows.shape[0] > 1:
-                        totals.cos_sum[li][slot] += (rows[1:] * rows[:-1]).sum(-1).sum().double()
+                        totals.cos_sum[li][slot] += float((rows[1:] * rows[:-1]).sum(-1).sum())
                         totals.cos_count[li][slot] += rows.shape[0] - 1
     return totals
