@@ -227,7 +227,7 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: to
     folder (``base/`` + the LoRA/TTT adapter folder), or a Qwen2.5-VL / Qwen3-VL folder or hub id.
 
     ``dtype``: the weights' precision (None: the folder's own; bfloat16 for the ``random-*`` presets; the
-    ``tiny-*`` presets are always float32). ``seed`` seeds the random weights of the presets.
+    ``tiny-*`` presets: float32 unless ``dtype`` says otherwise). ``seed`` seeds the random weights of the presets.
     ``cg_iters`` overrides the CG iterations of the TTT update (None keeps the model's own: the release
     script's 0 for the official release, the saved value for avmem folders).
 
@@ -236,7 +236,10 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: to
     """
     name = str(source)
     if name in TINY_PRESETS:
-        return _with_cg_iters(_build_tiny(*TINY_PRESETS[name], device, seed), cg_iters)
+        model = _build_tiny(*TINY_PRESETS[name], device, seed)
+        if dtype is not None and dtype != torch.float32:
+            model = _to_dtype(model, dtype)
+        return _with_cg_iters(model, cg_iters)
     if name in RELEASE_PRESETS:
         model = _build_release(RELEASE_PRESETS[name], device, dtype or torch.bfloat16, seed)
         model.source = name
@@ -261,6 +264,18 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: to
     model_type = _model_type(name)
     backbone = backbone_class(model_type).from_pretrained(name, need_audio=False, dtype=dtype, device=device)
     return AVMemModel(backbone=backbone, ttt=None, audio=None, spec=ModelSpec(backbone_type=model_type), source=name)
+
+
+def _to_dtype(model: AVMemModel, dtype: torch.dtype) -> AVMemModel:
+    """The same model with its backbone, memory layer and audio encoder cast to ``dtype`` (floating point only)."""
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point type, got {dtype}")
+    model.backbone.model.to(dtype)
+    if model.ttt is not None:
+        model.ttt.to(dtype)
+    if model.audio is not None:
+        model.audio.to(dtype)
+    return model
 
 
 def _with_cg_iters(model: AVMemModel, cg_iters: int | None) -> AVMemModel:

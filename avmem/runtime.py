@@ -65,13 +65,17 @@ def resolve_device(device: str | None = "auto"):
     return dev
 
 
-def resolve_dtype(dtype: str | None, device) -> "torch.dtype | None":
-    """The weights' dtype for a ``--dtype`` value: ``auto`` keeps the model's own (float32 presets, checkpoints'
-    stored dtype) on the CPU and uses bfloat16 on a GPU; or one of float32 / bfloat16 / float16."""
+def resolve_dtype(dtype: str | None) -> "torch.dtype | None":
+    """The weights' dtype for a ``--dtype`` value: ``auto`` (None) keeps each model's own (a checkpoint's stored
+    precision, bfloat16 for the ``random-*`` presets, float32 for ``tiny-*``), else float32 / bfloat16 / float16.
+
+    Raises:
+        ValueError: an unknown name.
+    """
     import torch
 
     if dtype in (None, "auto"):
-        return torch.bfloat16 if torch.device(device).type == "cuda" else None
+        return None
     name = DTYPES.get(str(dtype).lower())
     if name is None:
         raise ValueError(f"--dtype: unknown dtype {dtype!r} (auto, float32, bfloat16, float16)")
