@@ -45,13 +45,21 @@ INCREMENTAL_OPT = typer.Option(False, "--incremental", help="full reader: keep t
 
 
 def user_errors(fn):
-    """Turn a ValueError (bad input) into a one-line message and exit code 2."""
+    """Turn a ValueError (bad input) or a DeviceMemoryError (out of memory; it names the setting to lower) into a
+    one-line message and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except ValueError as exc:
+            print(f"avmem: error: {exc}", file=sys.stderr)
+            raise typer.Exit(code=2) from None
+        except RuntimeError as exc:
+            from .session import DeviceMemoryError
+
+            if not isinstance(exc, DeviceMemoryError):
+                raise
             print(f"avmem: error: {exc}", file=sys.stderr)
             raise typer.Exit(code=2) from None
 

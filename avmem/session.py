@@ -17,8 +17,11 @@ Asking never changes the memory: pending frames and audio are absorbed into a co
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .backbones.qwen import deepstack_slice, resize_frames
+from .backbones.qwen import deepstack_slice, resize_frames_tensor
 from .media import smart_resize
 from .memory.bank import (
     BankState,
@@ -45,7 +48,10 @@ from .model import AVMemModel
 SESSION_FORMAT = "avmem-session/1"
 AUDIO_RATE = 16000
 AUDIO_TOKENS_PER_SECOND = 2
-VISION_BATCH_PATCHES = 4
+DECODE_QUEUE_ITEMS = 32
+"""Media items ``feed_file`` decodes ahead of the model (a bounded queue: a few frames and audio chunks)."""
+STAGES = ("decode_wait", "resize", "vision", "ttt", "bank", "audio")
+"""Ingestion steps timed in ``StreamSession.stage_seconds``."""
 POLICIES: dict[str, type[CompressionPolicy]] = {
     "discard": NextSimilarityDiscard,
     "discard-prev": PreviousSimilarityDiscard,
@@ -66,7 +72,11 @@ class SessionSettings:
         video_policy / audio_policy: "discard" (paper), "discard-prev" (released video rule), "merge"
             (released audio averaging).
         bank_step: absorb this many new tokens per compression (released: 4096).
-        chunk_frames: frames per vision/TTT call (released: 128 = 64 temporal patches).
+        chunk_frames: frames per TTT call and bank update (released: 128 = 64 temporal patches).
+        vision_patches: temporal patches (2 frames each) per vision-tower call; bounds the tower's activations.
+        audio_pieces: 30 s audio pieces per audio-encoder call (log-mel + Whisper + Q-Former); bounds its
+            activations. Audio is encoded once this many pieces are pending (1: each piece as it completes;
+            more: fewer, larger calls, while questions re-encode up to that much pending audio each time).
         max_new_tokens: answer length limit.
         reader: a registered reader (:mod:`avmem.memory.kv.readers`; ``reader_names()`` lists them): "full" (the whole memory goes to the LLM) or "pd" (prompt-dependent reading, seed 001 §3.3:
             the memory is prefilled in chunks of ``read_chunk`` tokens with the question and only
@@ -98,6 +108,8 @@ class SessionSettings:
     audio_policy: str = "merge"
     bank_step: int | None = 4096
     chunk_frames: int = 128
+    vision_patches: int = 16
+    audio_pieces: int = 1
     max_new_tokens: int = 64
     reader: str = "full"
     read_tokens: int = 16384
@@ -119,8 +131,8 @@ class SessionSettings:
         if not (self.min_pixels >= 1 and self.max_pixels >= self.min_pixels and self.max_pixels <= 4096 * 4096):
             raise ValueError(f"pixel budget must satisfy 1 <= min_pixels <= max_pixels <= 4096^2, "
                              f"got {self.min_pixels}, {self.max_pixels}")
-        for name in ("video_tokens", "audio_tokens", "chunk_frames", "max_new_tokens", "read_tokens", "read_chunk",
-                     "block_tokens"):
+        for name in ("video_tokens", "audio_tokens", "chunk_frames", "vision_patches", "audio_pieces", "max_new_tokens",
+                     "read_tokens", "read_chunk", "block_tokens"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.bank_step is not None and int(self.bank_step) <= 0:
@@ -221,7 +233,7 @@ class SessionState:
     audio: BankState | None = None
     patches: PatchLog = field(default_factory=PatchLog)
     audio_log: AudioLog = field(default_factory=AudioLog)
-    pending_frames: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    pending_frames: list[tuple[float, Tensor]] = field(default_factory=list)  # resized uint8 [H, W, 3], model device
     pending_audio: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     pending_audio_start: float | None = None
     video_ids: int = 0
@@ -230,6 +242,43 @@ class SessionState:
     frames: int = 0
     last_time: float | None = None
     drops: int = 0
+
+
+class DeviceMemoryError(RuntimeError):
+    """The device (or host) ran out of memory in a session step. The message is one line naming the step and the
+    setting to lower; the session is left exactly as it was before the call, and stays usable."""
+
+
+_OOM = (torch.OutOfMemoryError, MemoryError)
+
+
+def _atomic(fn):
+    """Make a session step atomic: on any exception the session is put back as it was before the call; running
+    out of memory is raised as one :class:`DeviceMemoryError` naming the setting to lower (after the failed
+    step's tensors are released and the allocator's cache is emptied)."""
+
+    @functools.wraps(fn)
+    def run(self: "StreamSession", *args, **kwargs):
+        if self._depth:  # inside another step (feed_item -> feed): that one is atomic
+            return fn(self, *args, **kwargs)
+        saved = self._snapshot()
+        self._depth, self._oom_stage = 1, None
+        oom: type[BaseException] | None = None
+        try:
+            return fn(self, *args, **kwargs)
+        except _OOM as exc:
+            oom = type(exc)  # the exception itself is dropped here: its traceback holds the step's tensors
+        except BaseException:
+            self._restore(saved)
+            raise
+        finally:
+            self._depth = 0
+        self._restore(saved)
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise DeviceMemoryError(self._oom_message(oom, fn.__name__))
+
+    return run
 
 
 class StreamSession:
@@ -259,14 +308,79 @@ class StreamSession:
         self.trainable = False
         self.train_vision = False
         self.train_audio = False
+        self.profile = False
+        self.stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self._depth = 0
+        self._oom_stage: str | None = None
+
+    # steps: atomicity, out-of-memory messages, stage timing ------------------------------------------
+
+    def _snapshot(self) -> tuple:
+        """What a step may change (the state is copied shallowly: steps replace its fields, never mutate their
+        values, except ``pending_frames``, which is copied)."""
+        st = self.state
+        return (replace(st, pending_frames=list(st.pending_frames)), self._questions, self._last_read, self._kv,
+                self._kv_mode, self._busy_seconds)
+
+    def _restore(self, saved: tuple) -> None:
+        (self.state, self._questions, self._last_read, self._kv, self._kv_mode, self._busy_seconds) = saved
+
+    def _oom_message(self, error: type[BaseException], step: str) -> str:
+        """One line: where memory ran out and which setting to lower."""
+        s = self.settings
+        where = "host memory" if error is MemoryError else (
+            "GPU memory" if self.model.device.type == "cuda" else f"{self.model.device.type} memory")
+        hints = {
+            "resize": ("resizing frames", f"max_pixels (now {s.max_pixels})"),
+            "vision": ("the vision tower", f"vision_patches (now {s.vision_patches} temporal patches per call) or "
+                                           f"max_pixels (now {s.max_pixels})"),
+            "ttt": ("the TTT memory", f"chunk_frames (now {s.chunk_frames} frames per call)"),
+            "bank": ("the token memory", f"video_tokens / audio_tokens (now {s.video_tokens} / {s.audio_tokens}) "
+                                         f"or chunk_frames (now {s.chunk_frames})"),
+            "audio": ("the audio encoder", f"audio_pieces (now {s.audio_pieces} pieces of 30 s per call)"),
+            "answer": ("the language model", f"the memory tokens video_tokens / audio_tokens (now {s.video_tokens} / "
+                                             f"{s.audio_tokens}) or read with a chunked reader (--reader pd, omnimem, "
+                                             f"...) and a smaller read_chunk (now {s.read_chunk})"),
+        }
+        stage = self._oom_stage or ("answer" if step in ("ask", "choose", "score_answers") else None)
+        doing = "answering" if step in ("ask", "choose", "score_answers") else "feeding"
+        if stage is None:
+            what, lower = "ingestion", ("vision_patches, audio_pieces, chunk_frames or max_pixels (now "
+                                        f"{s.vision_patches}, {s.audio_pieces}, {s.chunk_frames}, {s.max_pixels})")
+        else:
+            what, lower = hints[stage]
+        return (f"out of {where} in {what} while {doing}: lower {lower}; the session is as it was before this call "
+                f"(nothing fed earlier is lost)")
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        """Time an ingestion step in ``stage_seconds[name]`` (waiting for the device first and after when
+        ``profile`` is on, so the time is the step's own) and remember it as where memory ran out."""
+        sync = self.profile and self.model.device.type == "cuda"
+        if sync:
+            torch.cuda.synchronize(self.model.device)
+        start = time.perf_counter()
+        try:
+            yield
+        except _OOM:
+            if self._oom_stage is None:
+                self._oom_stage = name
+            raise
+        finally:
+            if sync:
+                torch.cuda.synchronize(self.model.device)
+            self.stage_seconds[name] += time.perf_counter() - start
 
     # feeding -----------------------------------------------------------------------------------------
 
+    @_atomic
     def feed(self, frames: np.ndarray | list[np.ndarray] | None = None, t: float | list[float] | None = None,
              audio: np.ndarray | None = None, audio_rate: int = AUDIO_RATE, audio_t: float | None = None) -> None:
         """Add frames (RGB uint8 [H, W, 3], or a list/array [N, H, W, 3]) at times ``t`` (seconds, increasing)
         and/or mono audio samples at ``audio_rate`` (starting at ``audio_t``, default: right after the
         audio fed so far). Frames are taken as already sampled at the session's rate.
+
+        Atomic: if it fails (bad input, :class:`DeviceMemoryError`), the session is as it was before the call.
         """
         start = time.perf_counter()
         if frames is not None:
@@ -282,7 +396,8 @@ class StreamSession:
 
     def media(self, path: str | Path):
         """A :class:`~avmem.media.FileSource` over a local file (or the URL of a recording) at the session's
-        sampling (fps, pixel budget, audio if the session uses it), yielding frames and audio in time order.
+        sampling (fps, audio if the session uses it), yielding frames and audio in time order. Frames come at
+        their upright display size: the session resizes them to its pixel budget on the model's device.
         Audio-only inputs are accepted when the session uses audio."""
         from .media import FileSource, probe
 
@@ -291,7 +406,7 @@ class StreamSession:
         has_video = probe(path, **budget).video is not None
         if not has_video and not self.settings.use_audio:
             raise ValueError(f"{path}: no video stream (and this session does not use audio)")
-        return FileSource(path, video=has_video, audio=self.settings.use_audio, **budget)
+        return FileSource(path, video=has_video, audio=self.settings.use_audio, **{**budget, "max_pixels": None})
 
     def feed_item(self, item) -> None:
         """Feed one item of a media source (a ``VideoFrame`` or an ``AudioChunk``)."""
@@ -304,11 +419,24 @@ class StreamSession:
 
     def feed_file(self, path: str | Path, progress=None) -> None:
         """Decode a local file (or the URL of a recording) at the session's fps and feed its frames and audio;
-        ``progress`` is called with each media item."""
-        for item in self.media(path):
-            self.feed_item(item)
-            if progress is not None:
-                progress(item)
+        ``progress`` is called with each media item.
+
+        Decoding runs on a background thread at most :data:`DECODE_QUEUE_ITEMS` items ahead (so it overlaps the
+        model's work and memory stays bounded); its errors are raised here with their usual messages. On any
+        error (or an exception from ``progress``) the thread is stopped and joined, and the items fed before
+        the failing one stay in the memory.
+        """
+        from .media.prefetch import Prefetch
+
+        items = Prefetch(self.media(path), DECODE_QUEUE_ITEMS)
+        try:
+            for item in items:
+                self.feed_item(item)
+                if progress is not None:
+                    progress(item)
+        finally:
+            items.close()
+            self.stage_seconds["decode_wait"] += items.waited
 
     def _add_frame(self, t: float, frame: np.ndarray) -> None:
         if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
@@ -332,15 +460,19 @@ class StreamSession:
         if len(st.pending_frames) >= self.settings.chunk_frames:
             self.state = self._absorb(st, flush=False)
 
-    def _fit_budget(self, frame: np.ndarray) -> np.ndarray:
-        """Resize to the session's pixel budget (the backbone processor's smart_resize), if needed."""
+    def _fit_budget(self, frame: np.ndarray) -> Tensor:
+        """The frame as uint8 [h, w, 3] on the model's device, resized there to the session's pixel budget (the
+        backbone processor's smart_resize; bicubic, :func:`~avmem.backbones.qwen.resize_frames_tensor`) if
+        needed."""
         s = self.settings
         h, w = frame.shape[:2]
         try:
             size = smart_resize(h, w, self.model.backbone.vision.factor, s.min_pixels, s.max_pixels)
         except ValueError as exc:
             raise ValueError(f"feed: frame {h}x{w}: {exc}") from None
-        return frame if size == (h, w) else resize_frames(frame[None], size)[0]
+        with self._stage("resize"):
+            x = torch.from_numpy(np.ascontiguousarray(frame)).to(self.model.device)
+            return x if size == (h, w) else resize_frames_tensor(x[None], size)[0]
 
     def _add_audio(self, samples: np.ndarray, rate: int, start: float | None) -> None:
         if not self.settings.use_audio:
@@ -370,7 +502,7 @@ class StreamSession:
         st.pending_audio = np.concatenate([st.pending_audio, samples])
         st.audio_samples += len(samples)
         piece = 30 * AUDIO_RATE
-        if len(st.pending_audio) >= piece:
+        if len(st.pending_audio) >= self.settings.audio_pieces * piece:
             n = len(st.pending_audio) // piece * piece
             self._encode_audio(st, st.pending_audio[:n])
             st.pending_audio = st.pending_audio[n:]
@@ -387,10 +519,10 @@ class StreamSession:
         n = len(frames) if flush else len(frames) // 2 * 2
         if n == 0:
             return st
-        step = 2 * VISION_BATCH_PATCHES  # vision tower in slices (frames are independent there): bounded activations
-        with torch.set_grad_enabled(self.trainable and self.train_vision):
+        step = 2 * self.settings.vision_patches  # tower calls of vision_patches patches: bounded activations
+        with self._stage("vision"), torch.set_grad_enabled(self.trainable and self.train_vision):
             patches = [p for i in range(0, n, step)
-                       for p in self.model.backbone.encode_frames(np.stack([f for _, f in frames[i:i + step]]))]
+                       for p in self.model.backbone.encode_frames(torch.stack([f for _, f in frames[i:i + step]]))]
         with torch.set_grad_enabled(self.trainable):
             return self._absorb_tokens(st, n, patches)
 
@@ -407,8 +539,9 @@ class StreamSession:
             if isinstance(model.ttt, TTTMemory):  # 3-D RoPE positions; a Mamba-2 layer orders by the stream
                 mini = model.ttt.cfg.mini_batch
                 pos = official_positions((hm, wm), st.video_ids, -(-main.shape[0] // mini) * mini).to(main.device)
-            y, ttt_state = model.ttt(main[None].to(model.ttt.dtype), pos, st.ttt)
-            main = y[0].to(main.dtype)
+            with self._stage("ttt"):
+                y, ttt_state = model.ttt(main[None].to(model.ttt.dtype), pos, st.ttt)
+                main = y[0].to(main.dtype)
         feats = main[:, None]
         if patches[0].deepstack is not None:
             feats = torch.cat([feats, torch.cat([p.deepstack for p in patches])], dim=1)
@@ -416,22 +549,32 @@ class StreamSession:
         times = [t for t, _ in batch]
         stamps = [(times[2 * i] + times[min(2 * i + 1, n - 1)]) / 2 for i in range(len(patches))]
         n_ts = [len(self._text_ids(f"<{ts:.1f} seconds>")) for ts in stamps]
-        video = self._video_bank.append(st.video, feats, ids)
+        with self._stage("bank"):
+            video = self._video_bank.append(st.video, feats, ids)
         return replace(st, ttt=ttt_state, video=video, pending_frames=frames[n:],
                        patches=st.patches.appended(stamps, (hm, wm), st.video_ids, n_ts),
                        video_ids=st.video_ids + main.shape[0])
 
     def _encode_audio(self, st: SessionState, samples: np.ndarray) -> None:
         """Encode ``samples`` (the oldest pending audio) into the audio bank, in place on ``st`` (with a graph only
-        when ``self.trainable`` and ``self.train_audio``)."""
-        with torch.set_grad_enabled(self.trainable and self.train_audio):
-            tokens = self.model.audio.encode(samples).to(self.model.backbone.dtype)
-        ids = torch.arange(st.audio_ids, st.audio_ids + tokens.shape[0], device=tokens.device)
-        st.audio_log = st.audio_log.appended(st.audio_ids, st.pending_audio_start)
-        st.audio_ids += tokens.shape[0]
-        st.pending_audio_start += len(samples) / AUDIO_RATE
-        st.audio = self._audio_bank.append(st.audio, tokens, ids)
+        when ``self.trainable`` and ``self.train_audio``). The encoder takes ``audio_pieces`` 30 s pieces per call;
+        the tokens enter the bank (and the audio log) piece by piece, exactly as if each piece came alone."""
+        audio = self.model.audio
+        with self._stage("audio"), torch.set_grad_enabled(self.trainable and self.train_audio):
+            tokens = audio.encode(samples, max_batch_pieces=self.settings.audio_pieces).to(self.model.backbone.dtype)
+        piece, used = 30 * AUDIO_RATE, 0
+        with self._stage("bank"):
+            for start in range(0, len(samples), piece):
+                n = min(piece, len(samples) - start)
+                part = tokens[used:used + audio.num_tokens(n)]
+                used += part.shape[0]
+                ids = torch.arange(st.audio_ids, st.audio_ids + part.shape[0], device=part.device)
+                st.audio_log = st.audio_log.appended(st.audio_ids, st.pending_audio_start)
+                st.audio_ids += part.shape[0]
+                st.pending_audio_start += n / AUDIO_RATE
+                st.audio = self._audio_bank.append(st.audio, part, ids)
 
+    @_atomic
     def flush(self) -> None:
         """Absorb pending frames and audio now (end of a stream); later input starts new chunks."""
         self.state = self._flushed()
@@ -476,6 +619,7 @@ class StreamSession:
     def _kv_mode(self, mode: str | None) -> None:
         self._memory_kv.mode = mode
 
+    @_atomic
     @torch.no_grad()
     def ask(self, question: str, max_new_tokens: int | None = None) -> str:
         """Answer ``question`` from the memory (greedy decoding)."""
@@ -484,6 +628,7 @@ class StreamSession:
         out = self.model.backbone.decode(cache, logits, next_position, limit)
         return self.model.backbone.tokenizer.decode(out, skip_special_tokens=True).strip()
 
+    @_atomic
     @torch.no_grad()
     def choose(self, question: str, options: list[str]) -> tuple[int, list[float]]:
         """Multiple choice by likelihood: the index of the option whose first answer token the model rates
@@ -499,6 +644,7 @@ class StreamSession:
         logp = torch.log_softmax(logits.float(), dim=-1)[first].tolist()
         return max(range(len(options)), key=lambda k: logp[k]), logp
 
+    @_atomic
     @torch.no_grad()
     def score_answers(self, question: str, answers: list[str]) -> tuple[int, list[float]]:
         """Multiple choice by the likelihood of whole answers: log p(answer + end of turn | memory, question)
@@ -713,7 +859,7 @@ class StreamSession:
                 tensors[f"{name}.tokens"] = bank.tokens.detach().cpu()
                 tensors[f"{name}.ids"] = bank.ids.cpu()
         if st.pending_frames:
-            tensors["pending.frames"] = torch.from_numpy(np.stack([f for _, f in st.pending_frames]))
+            tensors["pending.frames"] = torch.stack([f for _, f in st.pending_frames]).cpu()
         tensors["pending.audio"] = torch.from_numpy(st.pending_audio.copy())
         for name in ("times", "grid", "first_id", "n_ts"):
             tensors[f"patches.{name}"] = torch.from_numpy(getattr(st.patches, name).copy())
@@ -764,7 +910,7 @@ class StreamSession:
             st.patches = PatchLog(**{n: tensors[f"patches.{n}"].numpy() for n in ("times", "grid", "first_id", "n_ts")})
             st.audio_log = AudioLog(tensors["audio_log.first_id"].numpy(), tensors["audio_log.start"].numpy())
             if "pending.frames" in tensors:
-                st.pending_frames = list(zip(meta["pending_times"], list(tensors["pending.frames"].numpy())))
+                st.pending_frames = list(zip(meta["pending_times"], list(tensors["pending.frames"].to(device))))
             st.pending_audio = tensors["pending.audio"].numpy()
             st.pending_audio_start = meta["pending_audio_start"]
             st.video_ids, st.audio_ids, st.audio_samples = meta["video_ids"], meta["audio_ids"], meta["audio_samples"]

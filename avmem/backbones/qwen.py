@@ -65,7 +65,8 @@ class PatchFeatures:
 
 
 def patchify(frames: np.ndarray | Tensor, spec: VisionSpec) -> tuple[Tensor, tuple[int, int, int]]:
-    """Qwen processor layout of frames [T, H, W, 3] uint8 (H, W multiples of ``spec.factor``).
+    """Qwen processor layout of frames [T, H, W, 3] uint8 (H, W multiples of ``spec.factor``), computed on the
+    frames' device (numpy input: on the CPU).
 
     Returns pixel rows [gt*gh*gw, 3*tp*p*p] (float32) and the grid (gt, gh, gw) before merging.
     """
@@ -79,8 +80,8 @@ def patchify(frames: np.ndarray | Tensor, spec: VisionSpec) -> tuple[Tensor, tup
     if t % tp:
         x = torch.cat([x, x[-1:].expand(tp - t % tp, -1, -1, -1)])
         t = x.shape[0]
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
     pix = (x.permute(0, 3, 1, 2).float() / 255.0 - mean) / std  # [T, C, H, W]
     gt, gh, gw = t // tp, h // p, w // p
     pix = pix.reshape(gt, tp, 3, gh // m, m, p, gw // m, m, p)
@@ -89,17 +90,36 @@ def patchify(frames: np.ndarray | Tensor, spec: VisionSpec) -> tuple[Tensor, tup
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bicubic (antialiased) resize of frames [T, H, W, 3] uint8 to ``size`` = (height, width)."""
+    """Bicubic (antialiased) resize of frames [T, H, W, 3] uint8 to ``size`` = (height, width), on the CPU.
+
+    The reference of :func:`resize_frames_tensor` (the path the session uses, on the model's device)."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     y = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
     return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def fit_to_factor(frames: np.ndarray, factor: int) -> np.ndarray:
-    """Resize frames [T, H, W, 3] uint8 to the nearest multiples of ``factor`` if needed."""
+def resize_frames_tensor(frames: Tensor, size: tuple[int, int]) -> Tensor:
+    """:func:`resize_frames` on the frames' own device: uint8 [T, H, W, 3] -> uint8 [T, height, width, 3].
+
+    Same float32 bicubic (antialiased) kernel, rounded to uint8 like the Qwen processor. On the CPU the result
+    equals :func:`resize_frames` exactly; on a GPU the float kernels differ in the last bits, so a pixel may
+    round to the neighbouring level (documented tolerance: at most 1 of 255).
+    """
+    if frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+    x = frames.permute(0, 3, 1, 2).float()
+    y = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def fit_to_factor(frames: np.ndarray | Tensor, factor: int) -> np.ndarray | Tensor:
+    """Resize frames [T, H, W, 3] uint8 (numpy: on the CPU; a tensor: on its device) to the nearest multiples
+    of ``factor`` if needed."""
     t, h, w, _ = frames.shape
     nh, nw = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
-    return frames if (nh, nw) == (h, w) else resize_frames(frames, (nh, nw))
+    if (nh, nw) == (h, w):
+        return frames
+    return resize_frames_tensor(frames, (nh, nw)) if isinstance(frames, Tensor) else resize_frames(frames, (nh, nw))
 
 
 def deepstack_slice(visual_mask: Tensor | None, deepstack: Tensor | None, start: int,
@@ -175,13 +195,16 @@ class QwenVLBackbone:
         """Token embeddings [L, D] of ids [L]."""
         return self.model.get_input_embeddings()(ids.to(self.device))
 
-    def encode_frames(self, frames: np.ndarray) -> list[PatchFeatures]:
-        """Run the vision tower on frames [T, H, W, 3] uint8; one entry per temporal patch (2 frames). Runs in the
-        caller's grad mode (the session runs it without a graph unless the tower is being trained)."""
-        frames = fit_to_factor(frames, self.vision.factor)
-        pixels, (gt, gh, gw) = patchify(frames, self.vision)
+    def encode_frames(self, frames: np.ndarray | Tensor) -> list[PatchFeatures]:
+        """Run the vision tower on frames [T, H, W, 3] uint8 (numpy, or a tensor on any device); one entry per
+        temporal patch (2 frames), all in one tower call. Resizing to the patch grid and the pixel layout run on
+        the model's device. Runs in the caller's grad mode (the session runs it without a graph unless the tower
+        is being trained)."""
+        x = frames if isinstance(frames, Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+        x = fit_to_factor(x.to(self.device), self.vision.factor)
+        pixels, (gt, gh, gw) = patchify(x, self.vision)
         grid = torch.tensor([[gt, gh, gw]], device=self.device)
-        out = self.model.model.visual(pixels.to(self.device, self.dtype), grid_thw=grid)
+        out = self.model.model.visual(pixels.to(self.dtype), grid_thw=grid)
         m = self.vision.merge_size
         hm, wm = gh // m, gw // m
         main = out.pooler_output.view(gt, hm * wm, -1)

@@ -345,11 +345,32 @@ class AudioEncoder(WhisperEncoder):
         return self.audio_proj(out.to(self.audio_proj.weight.dtype)).reshape(pieces, -1, cfg.llm_dim)
 
     def log_mel(self, pieces: Sequence[np.ndarray]) -> Tensor:
-        """Log-mel features [P, n_mels, 3000] of float32 pieces of up to 30 s, each zero-padded to 30 s."""
+        """Log-mel features [P, n_mels, 3000] of float32 pieces of up to 30 s, each zero-padded to 30 s, computed on
+        the CPU by ``WhisperFeatureExtractor`` (the reference of :meth:`log_mel_tensor`)."""
         features = self.feature_extractor(list(pieces), sampling_rate=SAMPLE_RATE, padding="max_length",
                                           max_length=PIECE_SAMPLES, truncation=False,
                                           return_tensors="pt")["input_features"]
         return features.to(device=self.conv1.weight.device, dtype=self.conv1.weight.dtype)
+
+    def log_mel_tensor(self, pieces: Tensor) -> Tensor:
+        """Log-mel features [P, n_mels, 3000] (float32) of zero-padded 30 s pieces [P, 480000] on their own device.
+
+        The same computation as :meth:`log_mel` (Whisper: periodic Hann window of ``n_fft`` samples, hop 160,
+        reflect-padded centred STFT, power spectrum without the last frame, Slaney mel filters, log10 floored at
+        1e-10, clipped to 8 below each piece's maximum, (x + 4) / 4) with torch ops in float32; it matches
+        :meth:`log_mel` within 1e-4 (see tests/test_gpu_ingest.py).
+        """
+        if pieces.dim() != 2 or pieces.shape[1] != PIECE_SAMPLES:
+            raise ValueError(f"pieces must be [P, {PIECE_SAMPLES}], got {list(pieces.shape)}")
+        fe = self.feature_extractor
+        device = pieces.device
+        window = torch.hann_window(fe.n_fft, device=device)
+        stft = torch.stft(pieces.float(), fe.n_fft, fe.hop_length, window=window, return_complex=True)
+        power = (stft[..., :-1].abs() ** 2).contiguous()
+        filters = torch.from_numpy(fe.mel_filters).to(device=device, dtype=torch.float32)
+        log_spec = torch.clamp(filters.T @ power, min=1e-10).log10()
+        log_spec = torch.maximum(log_spec, log_spec.amax(dim=(1, 2), keepdim=True) - 8.0)
+        return (log_spec + 4.0) / 4.0
 
     def num_tokens(self, n_samples: int, keep_padding: bool = False) -> int:
         """Tokens :meth:`encode` returns for ``n_samples`` of 16 kHz audio.
@@ -374,16 +395,21 @@ class AudioEncoder(WhisperEncoder):
 
         ``keep_padding=False`` (default) drops the tokens of windows that lie wholly in the zero padding of the last
         30 s piece; ``True`` keeps them, reproducing the official count (see :meth:`num_tokens`). Pieces go through
-        the encoder ``max_batch_pieces`` at a time (the official code sends all at once; pieces are independent, so
-        only memory use changes). Audio cut at multiples of :data:`PIECE_SAMPLES` may be encoded part by part.
+        the log-mel (:meth:`log_mel_tensor`, on the encoder's device) and the encoder ``max_batch_pieces`` at a
+        time (the official code sends all at once; pieces are independent, so only memory use changes). Audio cut
+        at multiples of :data:`PIECE_SAMPLES` may be encoded part by part.
         """
         if max_batch_pieces < 1:
             raise ValueError(f"max_batch_pieces must be >= 1, got {max_batch_pieces}")
         audio = validate_audio(samples, sample_rate)
-        pieces = split_pieces(audio)
-        tokens = torch.cat([self(self.log_mel(pieces[i:i + max_batch_pieces])).flatten(0, 1)
-                            for i in range(0, len(pieces), max_batch_pieces)])
-        return tokens[:self.num_tokens(audio.shape[0], keep_padding)]
+        n = audio.shape[0]
+        n_pieces = math.ceil(max(n, MIN_SAMPLES) / PIECE_SAMPLES)
+        padded = torch.zeros(n_pieces * PIECE_SAMPLES, dtype=torch.float32, device=self.conv1.weight.device)
+        padded[:n] = torch.from_numpy(audio).to(padded.device)
+        pieces = padded.view(n_pieces, PIECE_SAMPLES)
+        tokens = torch.cat([self(self.log_mel_tensor(pieces[i:i + max_batch_pieces])).flatten(0, 1)
+                            for i in range(0, n_pieces, max_batch_pieces)])
+        return tokens[:self.num_tokens(n, keep_padding)]
 
     def official_state_dict(self, prefix: str = OFFICIAL_PREFIX) -> dict[str, Tensor]:
         """This encoder's weights under the official names, each prefixed with ``prefix``."""
