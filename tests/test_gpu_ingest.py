@@ -373,3 +373,14 @@ def test_cli_turns_out_of_memory_into_one_line_exit_2(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("avmem: error:")]
     assert len(lines) == 1 and "vision tower" in lines[0] and "vision_patches" in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_gpu_ingest_benchmark_quick_run_on_cpu(tmp_path):
+    """CI smoke run of benchmarks/gpu_ingest.py: every row is printed (speed targets are not checked here)."""
+    env = {**os.environ, "AVMEM_CACHE": os.environ.get("AVMEM_CACHE", str(tmp_path / "cache"))}
+    result = subprocess.run([sys.executable, "benchmarks/gpu_ingest.py", "--model", "tiny-qwen3-vl", "--device", "cpu",
+                             "--quick"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for needle in ("| generate files |", "| decode alone", "| x real time, 36 s file, decode included |",
+                   "| stage s per 300 s", "resize", "vision", "ttt", "bank", "audio", "| host peak RSS, long / short |"):
+        assert needle in result.stdout, (needle, result.stdout)
