@@ -97,11 +97,12 @@ def first_token(session, question: str = QUESTION) -> tuple[float, int]:
     return seconds, int(session.state.video.ids.shape[0] + session.state.audio.ids.shape[0])
 
 
-def measure(model, quick: bool = False, budget_s: float = 140.0) -> list[dict]:
+def measure(model, quick: bool = False, budget_s: float = 140.0, echo: bool = False) -> list[dict]:
     """Time the asking path on ``model`` (already loaded, on its device); see the module docstring.
 
     ``quick``: scaled-down sizes (CPU smoke test). ``budget_s``: readers at 128k still waiting when the run
-    has used this much time are skipped (reported with value None, ok False).
+    has used this much time are skipped (reported with value None, ok False). ``echo``: print each row as it
+    is measured.
     """
     began = time.perf_counter()
     if quick:
@@ -120,6 +121,8 @@ def measure(model, quick: bool = False, budget_s: float = 140.0) -> list[dict]:
         target = None if quick else target  # the targets are for the full sizes on an H200
         ok = value is not None and (target is None or value <= target)
         rows.append({"what": what, "value": value, "target": target, "ok": ok})
+        if echo:
+            print(f"  {what}: {'-' if value is None else f'{value:.3f} s'}", flush=True)
 
     s = synthetic_session(model, **small)
     cold, n = first_token(s)
@@ -172,7 +175,7 @@ def main() -> None:
     dtype = torch.bfloat16 if args.device.startswith("cuda") else None
     model = load_model(args.model, device=args.device, dtype=dtype)
     start = time.perf_counter()
-    rows = measure(model, quick=args.quick, budget_s=args.budget)
+    rows = measure(model, quick=args.quick, budget_s=args.budget, echo=True)
     print(f"{args.model} on {args.device}{' (quick sizes)' if args.quick else ''}: {time.perf_counter() - start:.1f} s\n")
     print("| what | seconds | target | ok |")
     print("|---|---|---|---|")

@@ -95,7 +95,8 @@ class ChunkedKVPolicy:
             ValueError: a budget file whose layer count differs from the model's, or mismatched shapes.
         """
         cache, held_mod, held_idx = self.compress(backbone, memory, memory_positions, modality, visual_mask, deepstack)
-        logits = backbone.forward_embeds(prompt, prompt_positions, cache, None, None)
+        logits = backbone.forward_embeds(prompt.to(backbone.device), prompt_positions.to(backbone.device), cache, None,
+                                         None)
         kept = torch.stack([((m == AUDIO) | (m == VISUAL)).sum() for m in held_mod]).tolist()
         if next_position is None:
             next_position = int(torch.cat([memory_positions, prompt_positions], dim=1).max()) + 1
@@ -117,8 +118,12 @@ class ChunkedKVPolicy:
         length = memory.shape[0]
         if memory_positions.shape != (3, length) or modality.shape != (length,):
             raise ValueError("memory, positions and modality do not match")
-        device = memory.device
-        modality, memory_positions = modality.to(device), memory_positions.to(device)
+        device = backbone.device  # inputs made elsewhere (e.g. on the host) move to the model
+        memory, modality, memory_positions = memory.to(device), modality.to(device), memory_positions.to(device)
+        if visual_mask is not None:
+            visual_mask = visual_mask.to(device)
+        if deepstack is not None:
+            deepstack = deepstack.to(device)
         capture = ChunkCapture()
         inputs: dict[int, Tensor] = {}
         cache = DynamicCache(config=model.config.text_config)

@@ -90,8 +90,13 @@ class PromptDependentReader:
         Raises:
             ValueError: shapes that do not match, or a read budget larger than the memory.
         """
-        device = memory.device
-        selectable = selectable.to(device)
+        device = backbone.device  # inputs made elsewhere (e.g. on the host) move to the model
+        memory, memory_positions, selectable = memory.to(device), memory_positions.to(device), selectable.to(device)
+        prompt, prompt_positions = prompt.to(device), prompt_positions.to(device)
+        if visual_mask is not None:
+            visual_mask = visual_mask.to(device)
+        if deepstack is not None:
+            deepstack = deepstack.to(device)
         n_sel = int(selectable.sum())
         length = memory.shape[0]
         if memory_positions.shape != (3, length) or selectable.shape != (length,) or prompt.dim() != 2:
@@ -189,10 +194,11 @@ class BlockRetrievalReader:
             for layer in probe.layers:
                 layer.keys, layer.values = layer.keys.to(device), layer.values.to(device)
         capture = Capture(rows=prompt.shape[0], block=4096)
+        prompt, prompt_positions = prompt.to(device), prompt_positions.to(device)
         with capturing(model, capture):
             backbone.forward_embeds(prompt, prompt_positions, probe, None, None)
         del probe
-        selectable = selectable.to(device)
+        selectable, prompt, prompt_positions = selectable.to(device), prompt.to(device), prompt_positions.to(device)
         sel_rows = torch.nonzero(selectable).flatten()
         text_rows = torch.nonzero(~selectable).flatten()
         n_sel = len(sel_rows)

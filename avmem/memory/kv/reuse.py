@@ -99,6 +99,12 @@ class MemoryKV:
         """
         from .reader import keep_rows
 
+        device = backbone.device  # inputs made elsewhere (e.g. on the host) move to the model
+        embeds, positions = embeds.to(device), positions.to(device)
+        if visual_mask is not None:
+            visual_mask = visual_mask.to(device)
+        if deepstack is not None:
+            deepstack = deepstack.to(device)
         mode, start, rows = self._match(embeds, positions)
         if self._kept is not None and start > 0:
             cache = shallow_copy(self._kept.cache)
