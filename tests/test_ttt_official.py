@@ -41,10 +41,12 @@ def test_official_positions_and_rope_table_match_the_vectors(vectors):
     assert torch.equal(rope_cis(pos, cfg.head_dim, cfg.rope_theta), vectors["freqs_cis"])
 
 
+@pytest.mark.parametrize("fast", ["off", "fused"])
 @pytest.mark.parametrize("key", ["cg0", "cg3"])
-def test_reproduces_official_outputs_over_three_chunks(vectors, key):
+def test_reproduces_official_outputs_over_three_chunks(vectors, key, fast):
+    """Eager reference and fused fast path (the compiled maths) both match the official float32 outputs."""
     cfg = vectors_config(vectors, vectors["cg_max_iter"][key])
-    layer = TTTMemory.from_official_state_dict(vectors["state_dict"], cfg)
+    layer = TTTMemory.from_official_state_dict(vectors["state_dict"], cfg).set_fast(fast)
     _, h, w = (int(v) for v in vectors["grid_thw"])
     state, start = None, 0
     with torch.no_grad():

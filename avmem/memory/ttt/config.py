@@ -8,6 +8,8 @@ from typing import Any, Literal
 UpdateName = Literal["hf", "sgd", "muon"]
 CompatName = Literal["official", "clean"]
 CurvatureName = Literal["mlp", "ln"]
+FastName = Literal["auto", "off", "fused", "compile", "autotune", "graphs"]
+FAST_MODES = ("auto", "off", "fused", "compile", "autotune", "graphs")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,14 @@ class TTTConfig:
         ns_steps: Newton-Schulz iterations for "muon".
         checkpoint_group: when > 0 and gradients are enabled, recompute groups of this many
             mini-batches in the backward pass (activation checkpointing).
+        fast: execution path (same maths; ``docs/ttt_math.md`` §7): "off" = the eager reference;
+            "fused" = the pure fused functions of ``fused.py`` run eagerly; "compile" = those under
+            ``torch.compile``; "autotune" = compiled with ``max-autotune-no-cudagraphs``; "graphs" =
+            compiled with CUDA graphs (``reduce-overhead``) for the step when gradients are off (with
+            gradients it is "compile"). "auto" (default) = "compile" for CUDA parameters, else "off".
+        fast_fp32: on the fused path, keep a step's activations and CG vectors in fp32 with
+            model-dtype matmul operands (default False: everything in the model dtype, as the
+            reference and the official code).
     """
 
     dim: int = 4096
@@ -58,6 +68,8 @@ class TTTConfig:
     muon_step_init: float = 0.01
     ns_steps: int = 5
     checkpoint_group: int = 0
+    fast: FastName = "auto"
+    fast_fp32: bool = False
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -78,6 +90,8 @@ class TTTConfig:
              f"head width dim/num_heads = {self.head_dim} must be a multiple of 16 for the 3-D RoPE")
         need(self.update in ("hf", "sgd", "muon"), f"update must be 'hf', 'sgd' or 'muon', got {self.update!r}")
         need(self.compat in ("official", "clean"), f"compat must be 'official' or 'clean', got {self.compat!r}")
+        need(self.fast in FAST_MODES, f"fast must be one of {FAST_MODES}, got {self.fast!r}")
+        need(isinstance(self.fast_fp32, bool), f"fast_fp32 must be a bool, got {self.fast_fp32!r}")
         need(self.curvature in ("mlp", "ln"), f"curvature must be 'mlp' or 'ln', got {self.curvature!r}")
         for name in ("base_lr", "lag_weight", "damping", "rope_theta", "muon_step_init"):
             value = getattr(self, name)

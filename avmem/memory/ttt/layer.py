@@ -33,8 +33,8 @@ curvature          B_MLP = sum_t J_t^T J_t over all rows     B_MLP or B_LN over 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +50,9 @@ from .fast_mlp import (
     target_layer_norm,
     weighted_param_grad,
 )
+from .fused import StepSpec, compiled
 from .official import extract_ttt_tensors
-from .rope import apply_rope, rope_cis
+from .rope import apply_rope, rope_cis, rope_cos_sin
 from .state import TTTState
 from .update import Curvature, make_update_rule
 
@@ -133,6 +134,23 @@ class TTTMemory(nn.Module):
         return self.ttt.W1.dtype
 
     @property
+    def fast_mode(self) -> str:
+        """The execution path in use: "off" (eager reference) or a fused mode of ``TTTConfig.fast``.
+
+        "auto" resolves to "compile" when the parameters are on CUDA and to "off" otherwise.
+        """
+        mode = self.cfg.fast
+        if mode == "auto":
+            return "compile" if self.device.type == "cuda" else "off"
+        return mode
+
+    def set_fast(self, fast: str, fast_fp32: bool | None = None) -> "TTTMemory":
+        """Switch the execution path (and optionally the fused precision) in place; returns self."""
+        kw = {"fast": fast} if fast_fp32 is None else {"fast": fast, "fast_fp32": fast_fp32}
+        self.cfg = replace(self.cfg, **kw)
+        return self
+
+    @property
     def device(self) -> torch.device:
         return self.ttt.W1.device
 
@@ -167,6 +185,9 @@ class TTTMemory(nn.Module):
 
         heads, d = cfg.num_heads, cfg.head_dim
         p = self.ttt
+        mode = self.fast_mode
+        if mode != "off":
+            return self._forward_fused(x, x_pad, pos, state, mode)
         cis = rope_cis(pos, d, cfg.rope_theta, dtype=x.dtype)
 
         def split(t: Tensor) -> Tensor:
@@ -216,11 +237,77 @@ class TTTMemory(nn.Module):
             curv_weight=None if curv_weight is None else tokens_by_mb(curv_weight),
         )
 
-        fast, out, loss_sum = self._scan(state.fast, seq)
+        fast, out, loss_sum = self._scan(state.fast, seq, self._mini_batch)
 
         o = out.permute(1, 0, 3, 2, 4).reshape(batch, padded, cfg.dim)[:, :length]
         y = torch.tanh(self.gating_alpha) * p.wo(p.post_norm(o)) + x
 
+        new_state = TTTState(
+            fast=fast,
+            lag_tail=self._next_lag_tail(x, x_pad, state),
+            tokens=state.tokens + length,
+            last_loss=loss_sum / (length * heads),
+        )
+        return y, new_state
+
+    def _forward_fused(self, x: Tensor, x_pad: Tensor, pos: Tensor, state: TTTState, mode: str) -> tuple[Tensor, TTTState]:
+        """``forward`` on the fused path (``fused.py``): same maths, pure functions, compiled per ``mode``."""
+        cfg = self.cfg
+        p = self.ttt
+        batch, length = x.shape[:2]
+        padded = x_pad.shape[1]
+        heads, d, mb = cfg.num_heads, cfg.head_dim, cfg.mini_batch
+        official = cfg.compat == "official"
+        no_grad = not torch.is_grad_enabled()
+        graphs = mode == "graphs" and no_grad and x.device.type == "cuda"
+        step_mode = mode if mode != "graphs" or graphs else "compile"
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+
+        cos, sin = rope_cos_sin(pos, d, cfg.rope_theta, dtype=x.dtype)
+        x_lag = lag_mask = None
+        if cfg.lag_distance > 0:
+            x_lag, lag_mask = self._lag_inputs(x, x_pad, state)
+        valid = (torch.arange(padded, device=x.device) < length).to(x.dtype)
+        params = dict(p.named_parameters())
+        prologue = compiled("prologue", mode, heads=heads, base_lr=float(cfg.base_lr), mini_batch=mb, official=official)
+        q, k, target, lag_target, eta = prologue(x_pad, x_lag, cos, sin, valid, params)
+        n_mb = padded // mb
+
+        def tokens_by_mb(t: Tensor) -> Tensor:  # [T_pad] -> [n_mb, 1, 1, mb, 1]
+            return t.contiguous().view(n_mb, 1, 1, mb, 1)
+
+        if step_mode != "fused":
+            # the step gets slices of these; an unbacked leading size keeps dynamo from specialising the
+            # compiled step on n_mb == 1 vs > 1 (it guards on the size of a view's base)
+            for t in (q, k, target, lag_target, eta, valid, lag_mask):
+                if t is not None:
+                    torch._dynamo.decorators.mark_unbacked(t, 0)
+
+        seq = MiniBatches(
+            q=q, k=k, target=target, eta=eta, valid=tokens_by_mb(valid), lag_target=lag_target,
+            lag_mask=None if lag_mask is None else tokens_by_mb(lag_mask),
+            curv_weight=None if official else tokens_by_mb(valid),
+        )
+        spec = StepSpec(update=cfg.update, cg_iters=cfg.cg_iters, official_cg=official, lag_weight=float(cfg.lag_weight),
+                        curvature_ln=cfg.curvature == "ln", damping=float(cfg.damping), ns_steps=cfg.ns_steps,
+                        fp32=cfg.fast_fp32)
+        step = compiled("step", step_mode, spec=spec)
+        log_step = self.update.log_step if cfg.update == "muon" else None
+
+        def mini_batch(fast: FastWeights, m: MiniBatches) -> tuple[FastWeights, Tensor, Tensor]:
+            r = step(*fast.tensors(), m.q, m.k, m.target, m.eta, m.valid, m.lag_target, m.lag_mask, m.curv_weight,
+                     p.ttt_norm_weight, p.ttt_norm_bias, log_step)
+            return FastWeights(*r[:4]), r[4], r[5]
+
+        # contiguous weights: the learned initial state is an expand over the batch (stride 0)
+        fast, out, loss_sum = self._scan(state.fast.map(Tensor.contiguous), seq, mini_batch)
+        if graphs:  # outputs of a CUDA graph live in its pool until the next replay: keep the state
+            fast = fast.map(torch.clone)
+        epilogue = compiled("epilogue", mode)
+        y = epilogue(out, x_pad, self.gating_alpha, p.post_norm.weight, p.post_norm.bias, p.wo.weight, p.wo.bias)
+        if padded != length:
+            y = y[:, :length].contiguous()
         new_state = TTTState(
             fast=fast,
             lag_tail=self._next_lag_tail(x, x_pad, state),
@@ -256,8 +343,11 @@ class TTTMemory(nn.Module):
             loss = 0.5 * (per_token * mb.valid).sum(dim=(1, 2, 3))
         return fast, out, loss
 
-    def _scan(self, fast: FastWeights, seq: "MiniBatches") -> tuple[FastWeights, Tensor, Tensor]:
-        """Run all mini-batches in order; outputs [n_mb, B, H, mb, d]."""
+    def _scan(
+        self, fast: FastWeights, seq: "MiniBatches",
+        step: Callable[[FastWeights, "MiniBatches"], tuple[FastWeights, Tensor, Tensor]],
+    ) -> tuple[FastWeights, Tensor, Tensor]:
+        """Run ``step`` over all mini-batches in order; outputs [n_mb, B, H, mb, d]."""
         n_mb = seq.q.shape[0]
         group = self.cfg.checkpoint_group
         use_ckpt = group > 0 and torch.is_grad_enabled()
@@ -267,7 +357,7 @@ class TTTMemory(nn.Module):
             cur = FastWeights(*weights)
             outs, losses = [], []
             for i in range(start, stop):
-                cur, o, loss = self._mini_batch(cur, seq.at(i))
+                cur, o, loss = step(cur, seq.at(i))
                 outs.append(o)
                 losses.append(loss)
             return (*cur.tensors(), torch.stack(outs), torch.stack(losses).sum(0))

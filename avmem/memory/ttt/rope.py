@@ -47,6 +47,20 @@ def band_frequencies(
     return freqs[0], freqs[1], freqs[2]
 
 
+def rope_angles(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Rotation angles [..., d_h/2] for integer positions [..., 3] (float32, or float64 if asked)."""
+    dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    f_t, f_h, f_w = (f.to(positions.device) for f in band_frequencies(head_dim, theta, dtype))
+    pos = positions.to(dtype)
+    return torch.cat([pos[..., 0:1] * f_t, pos[..., 1:2] * f_h, pos[..., 2:3] * f_w], dim=-1)
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """(cos, sin) of :func:`rope_angles`: the real form of :func:`rope_cis` used by the fused path."""
+    angles = rope_angles(positions, head_dim, theta, dtype)
+    return torch.cos(angles), torch.sin(angles)
+
+
 def rope_cis(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32) -> Tensor:
     """Unit complex rotations for integer positions.
 
