@@ -142,3 +142,16 @@ class TestBadInput:
         with pytest.raises(ValueError, match="do not match"):
             self.bank.append(state, torch.randn(2, 4), torch.tensor([5, 6]))
         assert isinstance(state, BankState)
+
+
+@pytest.mark.parametrize("n,block", [(1, 4), (2, 4), (9, 4), (17, 8), (33, 512)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_blockwise_neighbour_similarity_equals_the_whole_bank_form(n, block, dtype):
+    from avmem.memory.bank import neighbour_similarity, neighbour_similarity_reference
+
+    tokens = torch.randn(n, 3, 16).to(dtype)
+    tokens[n // 2] = tokens[max(n // 2 - 1, 0)]  # an exact duplicate: cosine 1
+    got = neighbour_similarity(tokens, block=block)
+    want = neighbour_similarity_reference(tokens)
+    assert got.shape == (n - 1,) and got.dtype == want.dtype
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)

@@ -33,12 +33,28 @@ class BankState:
         return self.tokens.numel() * self.tokens.element_size() + self.ids.numel() * self.ids.element_size()
 
 
-def neighbour_similarity(tokens: Tensor) -> Tensor:
+def neighbour_similarity(tokens: Tensor, block: int = 512) -> Tensor:
     """cos(x_i, x_{i+1}) for i = 0..n-2 on flattened features, [n-1] (no graph: it only ranks).
 
     Computed in float32 (float64 stays float64) even for bf16 tokens: the released code ranks in the
-    model dtype, where near-ties can order differently; we prefer the stable ranking.
+    model dtype, where near-ties can order differently; we prefer the stable ranking. Rows are converted
+    ``block`` at a time, so the extra memory is O(block * features) rather than three float32 copies of the
+    whole bank (4 GB for a full 16k-token Qwen3-VL bank with DeepStack rows); the values equal
+    :func:`neighbour_similarity_reference`.
     """
+    flat = tokens.detach().reshape(tokens.shape[0], -1)
+    acc = flat.dtype if flat.dtype in (torch.float32, torch.float64) else torch.float32
+    n = flat.shape[0]
+    out = torch.empty(max(n - 1, 0), dtype=acc, device=flat.device)
+    for start in range(0, n - 1, block):
+        stop = min(start + block, n - 1)
+        unit = F.normalize(flat[start:stop + 1].to(acc), dim=-1)
+        out[start:stop] = (unit[:-1] * unit[1:]).sum(-1)
+    return out
+
+
+def neighbour_similarity_reference(tokens: Tensor) -> Tensor:
+    """The whole-bank form of :func:`neighbour_similarity` (the reference its blocks are tested against)."""
     flat = tokens.detach().reshape(tokens.shape[0], -1)
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float()
