@@ -19,7 +19,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Long audio-v
 console = Console()
 
 
-MODEL_OPT = typer.Option(None, "--model", help="Model folder, hub id, or tiny-qwen3-vl / tiny-qwen2.5-vl.")
+MODEL_OPT = typer.Option(None, "--model", help="Model folder, hub id, or a random-weight preset: random-qwen3-vl-8b / "
+                         "random-qwen2.5-vl-7b (release size), tiny-qwen3-vl / tiny-qwen2.5-vl (tests).")
 FPS_OPT = typer.Option(1.0, help="Frames per second taken from the video.")
 MAX_PIXELS_OPT = typer.Option(176400, help="Pixel budget per frame (the released 420^2).")
 VIDEO_TOKENS_OPT = typer.Option(16384, "--video-tokens", "--memory-tokens", help="Video token memory size.")
@@ -39,8 +40,8 @@ BUDGET_FILE_OPT = typer.Option(None, "--budget-file", help="KV policies: per-lay
 OMNI_LAMBDA_OPT = typer.Option(0.02, "--omni-lambda", help="omnimem: attention exponent lambda.")
 DEVICE_OPT = typer.Option("auto", help="torch device: auto ($AVMEM_DEVICE, else cuda when present, else cpu), cpu, "
                           "cuda, cuda:N.")
-DTYPE_OPT = typer.Option("auto", help="Weights dtype: auto (bfloat16 on a GPU, the model's own on the CPU), float32, "
-                         "bfloat16, float16.")
+DTYPE_OPT = typer.Option("auto", help="Weights dtype: auto (the model's own: a checkpoint's stored dtype, bfloat16 "
+                         "for random-* presets, float32 for tiny-*), float32, bfloat16, float16.")
 INCREMENTAL_OPT = typer.Option(False, "--incremental", help="full reader: keep the memory's KV between questions.")
 
 
@@ -155,11 +156,12 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
 
     if not model_name:
         raise ValueError("choose a model with --model: the official release folder, an avmem folder, a Qwen2.5-VL / "
-                         "Qwen3-VL folder or hub id, or tiny-qwen3-vl / tiny-qwen2.5-vl (random weights, for tests)")
+                         "Qwen3-VL folder or hub id, or a preset with random weights: random-qwen3-vl-8b / "
+                         "random-qwen2.5-vl-7b (release size, for speed) or tiny-qwen3-vl / tiny-qwen2.5-vl (tests)")
     if cg_iters is not None and cg_iters < 0:
         raise ValueError(f"--cg-iters must be >= 0, got {cg_iters}")
     dev = resolve_device(device)
-    weights_dtype = resolve_dtype(dtype, dev)
+    weights_dtype = resolve_dtype(dtype)
     _quiet_transformers()
     with console.status(f"loading {model_name}..."):
         model = load_model(model_name, device=dev, dtype=weights_dtype, cg_iters=cg_iters)

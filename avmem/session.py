@@ -860,11 +860,11 @@ class StreamSession:
                 tensors[f"{name}.ids"] = bank.ids.cpu()
         if st.pending_frames:
             tensors["pending.frames"] = torch.stack([f for _, f in st.pending_frames]).cpu()
-        tensors["pending.audio"] = torch.from_numpy(st.pending_audio.copy())
+        tensors["pending.audio"] = torch.from_numpy(st.pending_audio.copy()).to("cpu")
         for name in ("times", "grid", "first_id", "n_ts"):
-            tensors[f"patches.{name}"] = torch.from_numpy(getattr(st.patches, name).copy())
-        tensors["audio_log.first_id"] = torch.from_numpy(st.audio_log.first_id.copy())
-        tensors["audio_log.start"] = torch.from_numpy(st.audio_log.start.copy())
+            tensors[f"patches.{name}"] = torch.from_numpy(getattr(st.patches, name).copy()).to("cpu")
+        tensors["audio_log.first_id"] = torch.from_numpy(st.audio_log.first_id.copy()).to("cpu")
+        tensors["audio_log.start"] = torch.from_numpy(st.audio_log.start.copy()).to("cpu")
         meta = {
             "format": SESSION_FORMAT, "settings": asdict(self.settings), "model": self._model_fingerprint(),
             "pending_times": [t for t, _ in st.pending_frames], "pending_audio_start": st.pending_audio_start,

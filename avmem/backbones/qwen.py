@@ -93,7 +93,7 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bicubic (antialiased) resize of frames [T, H, W, 3] uint8 to ``size`` = (height, width), on the CPU.
 
     The reference of :func:`resize_frames_tensor` (the path the session uses, on the model's device)."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to("cpu").permute(0, 3, 1, 2).float()
     y = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
     return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
@@ -200,7 +200,7 @@ class QwenVLBackbone:
         temporal patch (2 frames), all in one tower call. Resizing to the patch grid and the pixel layout run on
         the model's device. Runs in the caller's grad mode (the session runs it without a graph unless the tower
         is being trained)."""
-        x = frames if isinstance(frames, Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+        x = frames if isinstance(frames, Tensor) else torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
         x = fit_to_factor(x.to(self.device), self.vision.factor)
         pixels, (gt, gh, gw) = patchify(x, self.vision)
         grid = torch.tensor([[gt, gh, gw]], device=self.device)
@@ -274,10 +274,11 @@ class QwenVLBackbone:
         if len(ids) > 1:
             branch = copy.deepcopy(cache)
             n = len(ids) - 1
-            pos = torch.arange(next_position, next_position + n).expand(3, n)
-            hidden = self.hidden_states(self.embed(torch.tensor(ids[:-1])), pos, branch, None, None)
+            dev = self.device
+            pos = torch.arange(next_position, next_position + n, device=dev).expand(3, n)
+            hidden = self.hidden_states(self.embed(torch.tensor(ids[:-1], device=dev)), pos, branch, None, None)
             logp = torch.log_softmax(self.model.lm_head(hidden).float(), dim=-1)
-            total = total + logp[torch.arange(n), torch.tensor(ids[1:])].sum()
+            total = total + logp[torch.arange(n, device=dev), torch.tensor(ids[1:], device=dev)].sum()
         return float(total)
 
     def decode(self, cache: DynamicCache, logits: Tensor, next_position: int, max_new_tokens: int) -> list[int]:
@@ -289,8 +290,8 @@ class QwenVLBackbone:
             if tok in self.tokens.eos:
                 break
             out.append(tok)
-            emb = self.embed(torch.tensor([tok]))
-            pos = torch.full((3, 1), nxt, dtype=torch.long)
+            emb = self.embed(torch.tensor([tok], device=self.device))
+            pos = torch.full((3, 1), nxt, dtype=torch.long, device=self.device)
             nxt += 1
             logits = self.forward_embeds(emb, pos, cache, None, None)
         return out

@@ -116,13 +116,13 @@ class TrainableAVMem(nn.Module):
         embeds, positions, visual, deepstack, selectable, n_tail = session._prompt(st, tail)
         bb = model.backbone
         if self.policy is None:
-            targets = torch.full((embeds.shape[0],), IGNORE, dtype=torch.long)
-            targets[-n_tail:] = torch.tensor(tail_targets)
+            targets = torch.full((embeds.shape[0],), IGNORE, dtype=torch.long, device=embeds.device)
+            targets[-n_tail:] = torch.tensor(tail_targets, device=embeds.device)
             return bb.answer_loss(embeds, positions, targets, None, None if deepstack is None else visual, deepstack)
         cut = embeds.shape[0] - n_tail
-        modality = torch.full((cut,), TEXT, dtype=torch.long)
+        modality = torch.full((cut,), TEXT, dtype=torch.long, device=embeds.device)
         modality[selectable[:cut]] = AUDIO
         modality[visual[:cut]] = VISUAL
         cache, _, _ = self.policy.compress(bb, embeds[:cut], positions[:, :cut], modality,
                                            None if deepstack is None else visual[:cut], deepstack)
-        return bb.answer_loss(embeds[cut:], positions[:, cut:], torch.tensor(tail_targets), cache)
+        return bb.answer_loss(embeds[cut:], positions[:, cut:], torch.tensor(tail_targets, device=embeds.device), cache)
