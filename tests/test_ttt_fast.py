@@ -123,3 +123,20 @@ def test_compiled_path_matches_eager_reference_forward_and_backward():
     with torch.no_grad():
         y, _ = layer(xs[0].detach(), official_positions(GRID, 0, 16))
     torch.testing.assert_close(y, ref[0][0].detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_a_compiler_failure_falls_back_to_the_uncompiled_fused_path():
+    """A machine whose inductor cannot compile (here: no working C++ compiler) warns and runs uncompiled."""
+    import torch._inductor.config as inductor_config
+
+    cfg = TTTConfig(dim=48, num_heads=3, mini_batch=8, lag_distance=8, base_lr=0.7, update="sgd")
+    ref = TTTMemory(cfg)
+    layer = TTTMemory(TTTConfig(**{**cfg.to_dict(), "fast": "compile"}))
+    layer.load_state_dict(ref.state_dict())
+    x, pos = torch.randn(1, 12, 48), official_positions((2, 3), 0, 16)
+    with torch.no_grad(), inductor_config.patch({"fx_graph_cache": False, "cpp.cxx": ("/nonexistent/cxx",)}):
+        with pytest.warns(RuntimeWarning, match="torch.compile failed.*switching this layer to fast='fused'"):
+            y, _ = layer(x, pos)
+        y_ref, _ = ref(x, pos)
+    assert layer.cfg.fast == "fused"
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)

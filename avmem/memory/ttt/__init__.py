@@ -2,7 +2,7 @@
 
 from .config import TTTConfig
 from .fast_mlp import FastWeights
-from .layer import TTTBlockParameters, TTTMemory, parameter_count
+from .layer import TTTBlockParameters, TTTMemory, flop_count, parameter_count
 from .rope import official_positions
 from .state import TTTState
 from .update import HFUpdate, MuonUpdate, SGDUpdate, UpdateRule
@@ -17,6 +17,7 @@ __all__ = [
     "TTTMemory",
     "TTTState",
     "UpdateRule",
+    "flop_count",
     "official_positions",
     "parameter_count",
 ]

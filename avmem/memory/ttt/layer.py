@@ -33,6 +33,7 @@ curvature          B_MLP = sum_t J_t^T J_t over all rows     B_MLP or B_LN over 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields, replace
 from collections.abc import Callable, Mapping
 
@@ -50,7 +51,7 @@ from .fast_mlp import (
     target_layer_norm,
     weighted_param_grad,
 )
-from .fused import StepSpec, compiled
+from .fused import COMPILE_MODES, StepSpec, compiled
 from .official import extract_ttt_tensors
 from .rope import apply_rope, rope_cis, rope_cos_sin
 from .state import TTTState
@@ -186,6 +187,15 @@ class TTTMemory(nn.Module):
         heads, d = cfg.num_heads, cfg.head_dim
         p = self.ttt
         mode = self.fast_mode
+        if mode in COMPILE_MODES:
+            try:
+                return self._forward_fused(x, x_pad, pos, state, mode)
+            except (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit) as exc:
+                # a compiler problem of this machine must not stop the model: same maths, uncompiled
+                warnings.warn(f"TTTMemory: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                              f"switching this layer to fast='fused' (uncompiled)", RuntimeWarning, stacklevel=2)
+                self.set_fast("fused")
+                mode = "fused"
         if mode != "off":
             return self._forward_fused(x, x_pad, pos, state, mode)
         cis = rope_cis(pos, d, cfg.rope_theta, dtype=x.dtype)
@@ -541,3 +551,28 @@ def parameter_count(cfg: TTTConfig) -> int:
     n += 2 * dim + dim
     n += heads if cfg.update == "muon" else 0
     return n
+
+
+def flop_count(cfg: TTTConfig, tokens: int, backward: bool = False) -> float:
+    """Matmul FLOPs of one call over ``tokens`` tokens (padded to the mini-batch; elementwise work is < 1 %).
+
+    Per mini-batch of N tokens, F = 4 N d_h h H (one fast-weight MLP forward, all heads): sgd = 3.5F
+    (forward on the keys 1F, gradient 1.5F, read-out 1F), hf = 3.5F + 3F per CG iteration (one
+    Gauss-Newton product = 3 matmuls for J v + 3 for J^T u), muon = 3.5F + 5 Newton-Schulz steps on W1
+    and W2. Projections: 2 T D^2 per Linear (q, k, v, o, and lag, lag_key with the lag objective) plus
+    the learning-rate gate 2 T D H. ``backward=True`` counts forward + backward as 3x the forward.
+    This is the count of ``docs/ttt_math.md`` §6 and of the anchors (``anchors_ttt.md`` §6).
+    """
+    padded = -(-tokens // cfg.mini_batch) * cfg.mini_batch
+    d, h, heads = cfg.head_dim, cfg.hidden_dim, cfg.num_heads
+    n_mb = padded // cfg.mini_batch
+    unit = 4 * cfg.mini_batch * d * h * heads * n_mb
+    inner = 3.5 * unit
+    if cfg.update == "hf":
+        inner += 3 * unit * cfg.cg_iters
+    elif cfg.update == "muon":
+        a, b = min(d, h), max(d, h)
+        inner += 2 * heads * n_mb * cfg.ns_steps * (4 * a * a * b + 2 * a ** 3)
+    linears = 4 + (2 if cfg.lag_distance else 0)
+    total = inner + linears * 2 * padded * cfg.dim ** 2 + 2 * padded * cfg.dim * heads
+    return 3 * total if backward else total
