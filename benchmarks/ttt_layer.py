@@ -1,7 +1,8 @@
 """Per-chunk forward and forward+backward time of the TTT memory layer for sgd / hf / muon.
 
 Prints a markdown table with the median time, the ratio to sgd and the achieved GFLOP/s (matmul
-FLOPs counted analytically, see ``flops``). Defaults: the video-SALMONN S 7B layer (d=3584, 8 heads,
+FLOPs counted analytically by :func:`avmem.memory.ttt.flop_count`). ``--fast`` picks the execution path
+(``benchmarks/gpu_ttt.py`` is the release-size GPU table against the official block). Defaults: the video-SALMONN S 7B layer (d=3584, 8 heads,
 1024-token chunk) on CUDA when available, a smaller layer (d=1024) on CPU.
 
     python benchmarks/ttt_layer.py                      # defaults for the device
@@ -16,30 +17,7 @@ import time
 
 import torch
 
-from avmem.memory.ttt import TTTConfig, TTTMemory, official_positions
-
-
-def flops(cfg: TTTConfig, tokens: int, update: str) -> float:
-    """Matmul FLOPs of one forward over ``tokens`` tokens (elementwise work is under 1 %).
-
-    F = 4 N d_h h per head and mini-batch (one MLP forward); sgd = 3.5F (forward on keys 1F,
-    gradient 1.5F, read-out 1F), hf = 3.5F + 3F per CG iteration, muon = sgd + Newton-Schulz on W1, W2.
-    Projections: 2 T D^2 per Linear (q, k, v, o, and lag, lag_key with the lag objective) plus the
-    learning-rate gate 2 T D H.
-    """
-    padded = -(-tokens // cfg.mini_batch) * cfg.mini_batch
-    d, h, heads = cfg.head_dim, cfg.hidden_dim, cfg.num_heads
-    n_mb = padded // cfg.mini_batch
-    unit = 4 * cfg.mini_batch * d * h * heads * n_mb
-    inner = 3.5 * unit
-    if update == "hf":
-        inner += 3 * unit * cfg.cg_iters
-    elif update == "muon":
-        a, b = min(d, h), max(d, h)
-        inner += 2 * heads * n_mb * cfg.ns_steps * (4 * a * a * b + 2 * a ** 3)
-    linears = 4 + (2 if cfg.lag_distance else 0)
-    proj = linears * 2 * padded * cfg.dim ** 2 + 2 * padded * cfg.dim * heads
-    return inner + proj
+from avmem.memory.ttt import TTTConfig, TTTMemory, flop_count, official_positions
 
 
 def timed(fn, device: torch.device, repeats: int) -> float:
@@ -61,7 +39,8 @@ def measure(update: str, args: argparse.Namespace, x: torch.Tensor, pos: torch.T
             dtype: torch.dtype) -> tuple[str, float, float, float, float]:
     """(update, analytic GFLOP, fwd ms, fwd+bwd ms, peak MiB) for one update rule."""
     cfg = TTTConfig(dim=args.dim, num_heads=args.heads, hidden_mult=args.hidden_mult, mini_batch=args.mini_batch,
-                    update=update, cg_iters=args.cg_iters, lag_distance=args.mini_batch, compat=args.compat)
+                    update=update, cg_iters=args.cg_iters, lag_distance=args.mini_batch, compat=args.compat,
+                    fast=args.fast)
     layer = TTTMemory(cfg).to(device=device, dtype=dtype)
 
     def fwd() -> None:
@@ -78,7 +57,7 @@ def measure(update: str, args: argparse.Namespace, x: torch.Tensor, pos: torch.T
     t_f = timed(fwd, device, args.repeats)
     t_fb = float("nan") if args.no_backward else timed(fwd_bwd, device, args.repeats)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    return update, flops(cfg, args.tokens, update) / 1e9, t_f, t_fb, peak
+    return update, flop_count(cfg, args.tokens) / 1e9, t_f, t_fb, peak
 
 
 def main() -> None:
@@ -96,6 +75,8 @@ def main() -> None:
     parser.add_argument("--updates", default="sgd,hf,muon")
     parser.add_argument("--repeats", type=int, default=5 if cuda else 3)
     parser.add_argument("--no-backward", action="store_true")
+    parser.add_argument("--fast", default="auto", choices=["auto", "off", "fused", "compile", "autotune", "graphs"],
+                        help="TTTConfig.fast: execution path (auto = compiled on CUDA, eager reference on CPU)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -108,6 +89,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({threads} threads)"
     print(f"TTT layer, {name}, {args.dtype}: dim={args.dim}, heads={args.heads}, hidden_mult={args.hidden_mult}, "
           f"mini_batch={args.mini_batch}, tokens={args.tokens}, cg_iters={args.cg_iters}, compat={args.compat}, "
+          f"fast={args.fast}, "
           f"torch {torch.__version__}\n")
     rows = [measure(update, args, x, pos, device, dtype) for update in args.updates.split(",")]
 

@@ -37,13 +37,19 @@ def test_gpu_ttt_quick_runs_on_cpu(monkeypatch):
     monkeypatch.setenv("OFFICIAL_TTT_DIR", str(ROOT / "no-official-code-here"))
     from gpu_ttt import measure
 
-    rows = measure("cpu", quick=True, variants=True)
+    rows = measure("cpu", quick=True)
     assert all(set(r) == {"what", "value", "target", "ok"} for r in rows)
     timed = [r for r in rows if r["what"].startswith("ours ")]
     assert len(timed) == 16  # hf/sgd x 2 lengths x fwd/fwd+bwd x eager/fused
     assert all(" ms, " in r["value"] and r["ok"] is None for r in timed)
-    assert any(r["what"].startswith("variant fast=fused fp32 work") and " ms, " in r["value"] for r in rows)
     assert not any(r["ok"] is False for r in rows)
+    variants = [r for r in measure("cpu", quick=True, variants=True) if r["what"].startswith("variant ")]
+    assert [r["what"] for r in variants] == [
+        "variant fast=off: hf fwd 220 tokens",
+        "variant fast=fused: hf fwd 64 tokens", "variant fast=fused: hf fwd 220 tokens",
+        "variant fast=fused fp32 work: hf fwd 64 tokens", "variant fast=fused fp32 work: hf fwd 220 tokens",
+    ]
+    assert all(" ms, " in r["value"] for r in variants)
 
 
 def test_gpu_ttt_script_with_the_official_harness_checks_parity():

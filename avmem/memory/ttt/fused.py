@@ -273,6 +273,8 @@ def compiled(name: str, mode: str, **static: Any) -> Callable[..., Any]:
     epilogue with a dynamic token count in the default mode (their large GEMMs go to cuBLAS either way).
     Compiled callables are cached per (name, mode, static) and shared by all layers.
     """
+    if name != "step" and mode in COMPILE_MODES:
+        mode = "compile"  # one dynamic-shape compilation of the prologue / epilogue serves every compiled mode
     key = (name, mode, tuple(sorted(static.items())))
     fn = _CACHE.get(key)
     if fn is not None:
