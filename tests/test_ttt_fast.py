@@ -140,3 +140,10 @@ def test_a_compiler_failure_falls_back_to_the_uncompiled_fused_path():
         y_ref, _ = ref(x, pos)
     assert layer.cfg.fast == "fused"
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_step_inside_activation_checkpointing():
+    """Training recomputes groups of compiled steps in the backward pass (same compiled functions as above)."""
+    layer = make_layer(update="hf", compat="official", checkpoint_group=2)
+    (ref, got), _ = run_both(layer, (21,), "compile", batch=1)
+    assert_same(ref, got, rtol=1e-10, atol=1e-12)
