@@ -98,13 +98,15 @@ def orientation_of(frame: av.VideoFrame) -> tuple[Orientation, str | None]:
     Returns the orientation and a warning when the angle is not a multiple of 90 degrees (it is then
     rounded to the nearest right angle).
     """
-    matrix = None
-    for side in frame.side_data:
-        if side.type.name == "DISPLAYMATRIX":
-            matrix = np.frombuffer(bytes(side), dtype=np.int32)[:9]
-            break
-    if matrix is None:
+    # Looked up by name: iterating ``frame.side_data`` yields SideData objects up to PyAV 18 but
+    # their Type keys from PyAV 19 on, while ``.get("DISPLAYMATRIX")`` works on PyAV 12 to 19.
+    side = frame.side_data.get("DISPLAYMATRIX")
+    if side is None:
         return Orientation(), None
+    data = bytes(side)
+    if len(data) < 36:  # a display matrix is 3 x 3 int32; ignore a truncated one
+        return Orientation(), None
+    matrix = np.frombuffer(data[:36], dtype=np.int32)
     m = matrix.astype(np.float64) / 65536.0
     scale0, scale1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
     if scale0 == 0 or scale1 == 0:
@@ -119,7 +121,7 @@ def orientation_of(frame: av.VideoFrame) -> tuple[Orientation, str | None]:
     if snapped == 90:
         orient = Orientation(1, True, rotation) if matrix[3] > 0 else Orientation(3, False, rotation)
     elif snapped == 180:
-        hflip, vflip = matrix[0] < 0, matrix[4] < 0
+        hflip, vflip = bool(matrix[0] < 0), bool(matrix[4] < 0)
         orient = Orientation(2 if hflip else 0, hflip != vflip, rotation)
     elif snapped == 270:
         orient = Orientation(3, True, rotation) if matrix[3] < 0 else Orientation(1, False, rotation)
