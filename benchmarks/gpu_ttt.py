@@ -202,9 +202,10 @@ def measure(device: str = "cuda", quick: bool = False, variants: bool = False, b
     cfg_hf = release_config(quick, "hf")
     lengths = (64, 220) if quick else (1024, 14080)
     obj = None
-    if off is not None and not quick:
+    if off is not None and not variants:
         try:
-            obj = off.build_official(cfg_hf.dim, cfg_hf.num_heads, 1, cfg_hf.mini_batch, 3, dtype=torch.float32, seed=0)
+            obj = off.build_official(cfg_hf.dim, cfg_hf.num_heads, 1, cfg_hf.mini_batch, 3,
+                                     lag_distances=str(cfg_hf.lag_distance), dtype=torch.float32, seed=0)
         except Exception as exc:
             rows.append(row("official block", f"build failed: {type(exc).__name__}: {exc}", "", False))
             off = None
@@ -286,18 +287,19 @@ def measure(device: str = "cuda", quick: bool = False, variants: bool = False, b
                     measured[update, n, kind, path] = ms if fell_back(rows, layer, path) is False else None
                 if cuda:
                     torch.cuda.empty_cache()
-
-    if off is not None and obj is not None:
-        guarded(rows, "official timing", lambda: official_rows(rows, off, obj, layers, measured, inputs, lengths,
-                                                               dev, fast, record))
+        if off is not None and obj is not None:  # right after ours, so that the budget cuts sgd before this
+            guarded(rows, f"official timing {update}", lambda: official_rows(
+                rows, off, obj, layers, measured, inputs, lengths, dev, fast, record, update, cuda and not quick))
     if off is not None and budget.left() > (45 if cuda else 5):
         guarded(rows, "official parity", lambda: rows.extend(
             official_parity(off, dev, fast, cg_values=(0, 3) if quick or not cuda else (3,))))
     return rows
 
 
-def official_rows(rows: list[dict], off, obj, layers, measured, inputs, lengths, dev, fast, record) -> None:
-    """Time the official block eagerly on the same weights and input; speedups; bf16 output difference."""
+def official_rows(rows: list[dict], off, obj, layers, measured, inputs, lengths, dev, fast, record, update: str,
+                  judge: bool) -> None:
+    """Time the official block eagerly on the same weights and input (sgd = its ``cg_max_iter=0``); speedups;
+    bf16 output difference at release size."""
     host = obj.host
     table = off.official_freqs_cis(obj, (64, *GRID), merged=True).to(dev)
 
@@ -317,27 +319,28 @@ def official_rows(rows: list[dict], off, obj, layers, measured, inputs, lengths,
                 return y
         return run
 
-    for update, cg in (("hf", 3), ("sgd", 0)):
-        for n in lengths:
-            for backward in (False, True):
-                kind = "fwd+bwd" if backward else "fwd"
-                label = f"official {update} {kind} {n} tokens (eager)"
-                flops = flop_count(layers[update].cfg, n, backward)
-                ms = record(label, official(n, backward, cg), flops, need_s=10.0)
-                ours_ms = measured.get((update, n, kind, fast))
-                if ms is not None and ours_ms:
-                    ratio = ms / ours_ms
-                    rows.append(row(f"speedup fast={fast} vs official, {update} {kind} {n} tokens",
-                                    f"{ratio:.2f}x", f">= {SPEEDUP_TARGET:.0f}x", ratio >= SPEEDUP_TARGET))
-        with torch.no_grad():
-            n = max(lengths)
-            x, pos = inputs(n)
-            y_off = official(n, False, cg)()
-            layer = layers[update].set_fast(fast)
-            y_ours, _ = layer(x, pos)
-            err = ((y_ours.float() - y_off.float()).norm() / (y_off.float() - x.float()).norm()).item()
-        rows.append(row(f"bf16 release size: fast={fast} vs official, {update} {n} tokens (rel. diff of y - x)",
-                        f"{err:.1e}", "bf16 rounding (~1e-2)"))
+    cg = 3 if update == "hf" else 0
+    for n in lengths:
+        for backward in (False, True):
+            kind = "fwd+bwd" if backward else "fwd"
+            label = f"official {update} {kind} {n} tokens (eager)"
+            flops = flop_count(layers[update].cfg, n, backward)
+            ms = record(label, official(n, backward, cg), flops, need_s=10.0)
+            ours_ms = measured.get((update, n, kind, fast))
+            if ms is not None and ours_ms:
+                ratio = ms / ours_ms
+                main = judge and n == max(lengths) and not backward  # the issue's target: the long call's forward
+                rows.append(row(f"speedup fast={fast} vs official, {update} {kind} {n} tokens", f"{ratio:.2f}x",
+                                f">= {SPEEDUP_TARGET:.0f}x" if main else "", ratio >= SPEEDUP_TARGET if main else None))
+    with torch.no_grad():
+        n = max(lengths)
+        x, pos = inputs(n)
+        y_off = official(n, False, cg)()
+        layer = layers[update].set_fast(fast)
+        y_ours, _ = layer(x, pos)
+        err = ((y_ours.float() - y_off.float()).norm() / (y_off.float() - x.float()).norm()).item()
+    rows.append(row(f"{str(x.dtype).replace('torch.', '')}: fast={fast} vs official, {update} {n} tokens "
+                    f"(rel. diff of y - x)", f"{err:.1e}", "rounding of the dtype"))
 
 
 def variant_rows(rows: list[dict], layer: TTTMemory, lengths, ours, record, cuda: bool) -> None:

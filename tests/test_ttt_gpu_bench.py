@@ -59,5 +59,13 @@ def test_gpu_ttt_script_with_the_official_harness_checks_parity():
     result = subprocess.run([sys.executable, "benchmarks/gpu_ttt.py", "--device", "cpu", "--quick"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    parity = [line for line in result.stdout.splitlines() if line.startswith("| parity float32")]
+    lines = result.stdout.splitlines()
+    parity = [line for line in lines if line.startswith("| parity float32")]
     assert len(parity) == 2 and all(line.rstrip().endswith("| yes |") for line in parity), result.stdout
+    for update in ("hf", "sgd"):  # the official block timed on the same weights and input, speedups, agreement
+        assert any(line.startswith(f"| official {update} fwd+bwd 220 tokens (eager) | ") and " ms, " in line
+                   for line in lines), result.stdout
+        assert any(line.startswith(f"| speedup fast=fused vs official, {update} fwd 220 tokens") for line in lines)
+        same = [line for line in lines if line.startswith(f"| float32: fast=fused vs official, {update} 220 tokens")]
+        assert len(same) == 1 and float(same[0].split("|")[2]) < 1e-5, result.stdout
+    assert "failed" not in result.stdout
