@@ -12,6 +12,8 @@ from torch import Tensor
 from avmem.model import load_model
 from avmem.session import StreamSession
 
+from .test_session import frames, tone
+
 
 @pytest.fixture(scope="module", params=["tiny-qwen3-vl", "tiny-qwen2.5-vl"])
 def model(request, tmp_path_factory):
@@ -84,16 +86,6 @@ def naive_prompt(session: StreamSession, st, tail: list[int]):
     mask = torch.cat(visual)
     deepstack = torch.cat(deep).permute(1, 0, 2).contiguous() if deep else None
     return embeds, torch.cat(positions, dim=1), mask, deepstack, torch.cat(selectable), len(tail)
-
-
-def frames(n: int, seed: int = 0, size=(64, 96)) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 255, (*size, 3), dtype=np.uint8) for _ in range(n)]
-
-
-def tone(seconds: float, freq: float = 440.0, rate: int = 16000) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
 def assert_same(session: StreamSession, question: str = "Which colour?") -> None:
