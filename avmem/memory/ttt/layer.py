@@ -269,7 +269,7 @@ class TTTMemory(nn.Module):
         heads, d, mb = cfg.num_heads, cfg.head_dim, cfg.mini_batch
         official = cfg.compat == "official"
         no_grad = not torch.is_grad_enabled()
-        graphs = mode == "graphs" and no_grad and x.device.type == "cuda"
+        graphs = mode == "graphs" and no_grad and x.device.type == "cuda" and not torch.compiler.is_compiling()
         step_mode = mode if mode != "graphs" or graphs else "compile"
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
@@ -287,7 +287,7 @@ class TTTMemory(nn.Module):
         def tokens_by_mb(t: Tensor) -> Tensor:  # [T_pad] -> [n_mb, 1, 1, mb, 1]
             return t.contiguous().view(n_mb, 1, 1, mb, 1)
 
-        if step_mode != "fused":
+        if step_mode != "fused" and not torch.compiler.is_compiling():
             # the step gets slices of these; an unbacked leading size keeps dynamo from specialising the
             # compiled step on n_mb == 1 vs > 1 (it guards on the size of a view's base)
             for t in (q, k, target, lag_target, eta, valid, lag_mask):
