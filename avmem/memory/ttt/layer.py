@@ -252,13 +252,7 @@ class TTTMemory(nn.Module):
         o = out.permute(1, 0, 3, 2, 4).reshape(batch, padded, cfg.dim)[:, :length]
         y = torch.tanh(self.gating_alpha) * p.wo(p.post_norm(o)) + x
 
-        new_state = TTTState(
-            fast=fast,
-            lag_tail=self._next_lag_tail(x, x_pad, state),
-            tokens=state.tokens + length,
-            last_loss=loss_sum / (length * heads),
-        )
-        return y, new_state
+        return y, self._advanced(state, fast, x, x_pad, length, loss_sum / (length * heads))
 
     def _forward_fused(self, x: Tensor, x_pad: Tensor, pos: Tensor, state: TTTState, mode: str) -> tuple[Tensor, TTTState]:
         """``forward`` on the fused path (``fused.py``): same maths, pure functions, compiled per ``mode``."""
@@ -318,13 +312,7 @@ class TTTMemory(nn.Module):
         y = epilogue(out, x_pad, self.gating_alpha, p.post_norm.weight, p.post_norm.bias, p.wo.weight, p.wo.bias)
         if padded != length:
             y = y[:, :length].contiguous()
-        new_state = TTTState(
-            fast=fast,
-            lag_tail=self._next_lag_tail(x, x_pad, state),
-            tokens=state.tokens + length,
-            last_loss=loss_sum / (length * heads),
-        )
-        return y, new_state
+        return y, self._advanced(state, fast, x, x_pad, length, loss_sum / (length * heads))
 
     def _mini_batch(self, fast: FastWeights, mb: "MiniBatches") -> tuple[FastWeights, Tensor, Tensor]:
         """One update-then-read step; returns new weights, outputs [B,H,N,d], loss sum [B]."""
@@ -413,6 +401,11 @@ class TTTMemory(nn.Module):
         idx = idx.clamp(0, ext.shape[1] - 1)
         mask = ok.to(x.dtype)
         return ext[:, idx] * mask.view(1, -1, 1), mask
+
+    def _advanced(self, state: TTTState, fast, x: Tensor, x_pad: Tensor, length: int, loss: Tensor) -> TTTState:
+        """The state after ``length`` more tokens: new fast weights, lag tail, token count and mean loss."""
+        return TTTState(fast=fast, lag_tail=self._next_lag_tail(x, x_pad, state), tokens=state.tokens + length,
+                        last_loss=loss)
 
     def _next_lag_tail(self, x: Tensor, x_pad: Tensor, state: TTTState) -> Tensor | None:
         lag = self.cfg.lag_distance

@@ -28,7 +28,7 @@ def _rope(x: Tensor, pos: Tensor, head_dim: int, theta: float) -> Tensor:
     angles = []
     for axis, width in enumerate((head_dim // 4, head_dim // 8 * 3, head_dim // 8 * 3)):
         for j in range(width // 2):
-            freq = 1.0 / (theta ** torch.tensor(2 * j / width, dtype=dtype))
+            freq = 1.0 / (theta ** torch.tensor(2 * j / width, dtype=dtype, device=pos.device))
             angles.append(pos[..., axis].to(dtype) * freq)
     ang = torch.stack(angles, dim=-1).unsqueeze(-2)  # [B, T, 1, d/2]
     cos, sin = ang.cos(), ang.sin()
@@ -94,7 +94,7 @@ def _lag_pairs(layer: TTTMemory, x: Tensor, padded: int, tail: Tensor | None) ->
             rows.append(src)
             mask.append(0.0 if src is None else 1.0)
     rows = [x.new_zeros(batch, dim) if r is None else r for r in rows]
-    return torch.stack(rows, dim=1), torch.tensor(mask, dtype=x.dtype)
+    return torch.stack(rows, dim=1), torch.tensor(mask, dtype=x.dtype, device=x.device)
 
 
 def _flat(theta: dict[str, Tensor]) -> Tensor:
@@ -187,7 +187,7 @@ def naive_forward(layer: TTTMemory, x: Tensor, positions: Tensor, state: TTTStat
     target = _target_ln(v - k, gamma, beta)
     if official:
         target = (target + k) - k
-    lag_mask = torch.zeros(padded, dtype=x.dtype)
+    lag_mask = torch.zeros(padded, dtype=x.dtype, device=x.device)
     lag_target = torch.zeros_like(target)
     if cfg.lag_distance:
         x_lag, lag_mask = _lag_pairs(layer, x, padded, tail)
@@ -198,10 +198,10 @@ def naive_forward(layer: TTTMemory, x: Tensor, positions: Tensor, state: TTTStat
             lag_target = (lag_target + k_lag) - k_lag
     eta = torch.sigmoid(torch.einsum("btc,hc->bht", x_pad, p.learnable_ttt_lr_weight[:, 0])
                         + p.learnable_ttt_lr_bias[:, 0][None, :, None]) * cfg.base_lr / d / mb
-    valid = (torch.arange(padded) < length).to(x.dtype)
+    valid = (torch.arange(padded, device=x.device) < length).to(x.dtype)
     if not official:
         eta = eta * valid
-    curv_w = torch.ones(padded, dtype=x.dtype) if official else valid
+    curv_w = torch.ones(padded, dtype=x.dtype, device=x.device) if official else valid
 
     g_h, b_h = gamma[:, None, :], beta[:, None, :]
     outs = []

@@ -31,7 +31,7 @@ def official_positions(grid_hw: tuple[int, int], start: int, length: int) -> Ten
         raise ValueError(f"official_positions: grid_hw must be positive, got {grid_hw}")
     if start < 0 or length < 0:
         raise ValueError(f"official_positions: start and length must be >= 0, got {start}, {length}")
-    g = torch.arange(start, start + length, dtype=torch.long)
+    g = torch.arange(start, start + length, dtype=torch.long, device="cpu")
     return torch.stack([g // (hm * wm), (g // wm) % hm, g % wm], dim=-1)
 
 
@@ -42,7 +42,7 @@ def band_frequencies(
     widths = (head_dim // 4, head_dim // 8 * 3, head_dim // 8 * 3)
     freqs = []
     for n in widths:
-        exponent = torch.arange(0, n, 2)[: n // 2].to(dtype) / n
+        exponent = torch.arange(0, n, 2, device="cpu")[: n // 2].to(dtype) / n
         freqs.append(1.0 / (theta ** exponent))
     return freqs[0], freqs[1], freqs[2]
 

@@ -62,7 +62,7 @@ class TTTState:
             out["lag_tail"] = self.lag_tail
         if self.last_loss is not None:
             out["last_loss"] = self.last_loss
-        out["tokens"] = torch.tensor(self.tokens, dtype=torch.long)
+        out["tokens"] = torch.tensor(self.tokens, dtype=torch.long, device="cpu")
         return out
 
     @classmethod
