@@ -50,7 +50,9 @@ def resolve_device(device: str | None = "auto"):
     import torch
 
     if device in (None, "auto"):
-        device = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = os.environ.get(DEVICE_ENV, "auto").strip() or "auto"
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -60,7 +62,11 @@ def resolve_device(device: str | None = "auto"):
             raise ValueError(f"--device {device}: no CUDA device is available")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"--device {device}: no such CUDA device ({torch.cuda.device_count()} visible)")
-    elif dev.type not in ("cpu", "mps", "xpu"):
+    elif dev.type in ("mps", "xpu"):
+        backend = getattr(torch.backends, "mps", None) if dev.type == "mps" else getattr(torch, "xpu", None)
+        if backend is None or not backend.is_available():
+            raise ValueError(f"--device {device}: no {dev.type.upper()} device is available")
+    elif dev.type != "cpu":
         raise ValueError(f"--device: unknown device {device!r}")
     return dev
 

@@ -252,6 +252,14 @@ class DeviceMemoryError(RuntimeError):
 _OOM = (torch.OutOfMemoryError, MemoryError)
 
 
+RUNTIME_TTT_KEYS = ("fast", "fast_fp32")  # how the TTT layer runs, not what it computes
+
+
+def _without_runtime(ttt: dict | None) -> dict | None:
+    """A TTT configuration without its execution-path fields (sessions move between devices and paths)."""
+    return None if ttt is None else {k: v for k, v in ttt.items() if k not in RUNTIME_TTT_KEYS}
+
+
 def _atomic(fn):
     """Make a session step atomic: on any exception the session is put back as it was before the call; running
     out of memory is raised as one :class:`DeviceMemoryError` naming the setting to lower (after the failed
@@ -845,8 +853,8 @@ class StreamSession:
 
     def _model_fingerprint(self) -> dict:
         spec = self.model.spec
-        return {"backbone_type": spec.backbone_type, "hidden_size": self.model.hidden_size, "ttt": spec.ttt,
-                "audio": spec.audio, "vocab": len(self.model.backbone.tokenizer)}
+        return {"backbone_type": spec.backbone_type, "hidden_size": self.model.hidden_size,
+                "ttt": _without_runtime(spec.ttt), "audio": spec.audio, "vocab": len(self.model.backbone.tokenizer)}
 
     def save(self, path: str | Path) -> Path:
         """Write the whole memory state (exact round trip with :meth:`load`)."""
@@ -892,7 +900,8 @@ class StreamSession:
             raise ValueError(f"{path}: unsupported session format {fmt!r}")
         try:
             session = cls(model, SessionSettings(**meta["settings"]))
-            if meta["model"] != session._model_fingerprint():
+            saved_model = dict(meta["model"], ttt=_without_runtime(meta["model"].get("ttt")))
+            if saved_model != session._model_fingerprint():
                 raise ValueError(f"{path}: saved with a different model ({meta['model']['backbone_type']}, hidden "
                                  f"{meta['model']['hidden_size']}); load it with the model it was made with")
             device = model.device

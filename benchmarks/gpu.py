@@ -14,7 +14,8 @@ Sections (each a module beside this file with ``measure``):
 
 The model for ``ingest`` and ``ask`` is loaded once (``--model``, default the full-size random preset
 ``random-qwen3-vl-8b`` in bfloat16: its answers are meaningless, its costs are the release's). A section that
-fails prints its error as a row and the others still run; rows are appended to ``--out``/gpu.md and gpu.json as
+fails prints its error as a row and the others still run (the exit code is then 1; targets missed are rows,
+not failures); rows are appended to ``--out``/gpu.md and gpu.json as
 each section ends.
 """
 
@@ -42,6 +43,21 @@ def table(rows: list[dict]) -> str:
         ok = {True: "yes", False: "**no**", None: ""}[r.get("ok")]
         lines.append(f"| {r['section']} | {r['what']} | {r['value']} | {r.get('target', '')} | {ok} |")
     return "\n".join(lines)
+
+
+def normalise(r: dict) -> dict:
+    """A row with text cells: numeric values are seconds (``None``: skipped for the section's time budget),
+    numeric targets upper bounds in seconds, and ``ok`` None where there is no target."""
+    value, target, ok = r.get("value"), r.get("target"), r.get("ok")
+    if value is None:
+        value, ok = "skipped (time budget)", False
+    elif isinstance(value, (int, float)):
+        value = f"{value:.3f} s"
+        if target is None:
+            ok = None
+    if isinstance(target, (int, float)):
+        target = f"<= {target} s"
+    return {"what": r["what"], "value": value, "target": target or "", "ok": ok}
 
 
 def write(out: Path | None, rows: list[dict], header: str) -> None:
@@ -84,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             got = [{"what": "section failed", "value": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}",
                     "target": "", "ok": False}]
-        for r in got:
-            r["section"] = key
+        got = [dict(normalise(r), section=key) for r in got]
         rows.extend(got)
         print(table([r for r in rows if r["section"] == key]), f"\n({key}: {time.perf_counter() - t0:.0f} s)\n",
               flush=True)
@@ -118,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print(table(rows))
     write(args.out, rows, header)
-    return 0
+    return 1 if any(r["what"] == "section failed" for r in rows) else 0
 
 
 if __name__ == "__main__":

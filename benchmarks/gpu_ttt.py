@@ -174,7 +174,19 @@ def official_parity(off, device: torch.device, fast: str, cg_values: tuple[int, 
 
 def measure(device: str = "cuda", quick: bool = False, variants: bool = False, budget_s: float = 170.0,
             repeats: int | None = None) -> list[dict]:
-    """Rows of the TTT speed table (see the module docstring)."""
+    """Rows of the TTT speed table (see the module docstring). The official harness's stub modules (wandb,
+    Triton kernels) are taken out of ``sys.modules`` afterwards, so later imports in the same process (e.g.
+    accelerate asking whether wandb is installed) see the real environment."""
+    before = set(sys.modules)
+    try:
+        return _measure(device, quick, variants, budget_s, repeats)
+    finally:
+        for name in set(sys.modules) - before:
+            if getattr(sys.modules[name], "__harness_stub__", False):
+                del sys.modules[name]
+
+
+def _measure(device: str, quick: bool, variants: bool, budget_s: float, repeats: int | None) -> list[dict]:
     budget = Budget(budget_s)
     dev = torch.device(device)
     cuda = dev.type == "cuda"

@@ -291,3 +291,20 @@ def test_incremental_mode_reuses_the_memory_cache(model):
     assert isinstance(small.ask("Now?"), str) and small.stats().kv_reuse == "approximate"
     with pytest.raises(ValueError, match="incremental applies"):
         StreamSession(model, reader="pd", incremental=True)
+
+
+def test_a_session_moves_between_ttt_execution_paths(tmp_path):
+    """How the TTT layer runs (``fast``) is not part of the model's identity: a session saved on one path loads
+    on another and continues identically."""
+    model = load_model("tiny-qwen3-vl")
+    s = StreamSession(model, video_tokens=64, max_pixels=64 * 64)
+    s.feed(frames=frames(4), t=[0.0, 1.0, 2.0, 3.0])
+    s.save(tmp_path / "s.avmem")
+    model.ttt.set_fast("fused")
+    model.spec.ttt = model.ttt.cfg.to_dict()
+    try:
+        loaded = StreamSession.load(tmp_path / "s.avmem", model)
+        assert loaded.stats().frames == 4
+    finally:
+        model.ttt.set_fast("auto")
+        model.spec.ttt = model.ttt.cfg.to_dict()

@@ -147,3 +147,19 @@ def test_compiled_step_inside_activation_checkpointing():
     layer = make_layer(update="hf", compat="official", checkpoint_group=2)
     (ref, got), _ = run_both(layer, (21,), "compile", batch=1)
     assert_same(ref, got, rtol=1e-10, atol=1e-12)
+
+
+def test_running_out_of_memory_while_compiling_is_not_taken_for_a_compiler_problem(monkeypatch):
+    """An out-of-memory error wrapped in a dynamo exception (e.g. while autotuning) is raised as itself, and the
+    layer keeps its compiled mode."""
+    layer = TTTMemory(TTTConfig(dim=48, num_heads=3, mini_batch=8, lag_distance=8, update="sgd", fast="compile"))
+
+    def oom(*args, **kwargs):
+        exc = torch._dynamo.exc.TorchDynamoException("backend failed")
+        exc.__cause__ = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise exc
+
+    monkeypatch.setattr(layer, "_forward_fused", oom)
+    with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate"):
+        layer(torch.randn(1, 12, 48), official_positions((2, 3), 0, 16))
+    assert layer.cfg.fast == "compile"

@@ -6,6 +6,8 @@ the official harness is in ../shared, its float32 parity with our fused path are
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -15,9 +17,10 @@ import pytest
 
 from avmem.memory.ttt import TTTConfig, flop_count
 
-from .conftest import shared_path
+from .conftest import SHARED, shared_path
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_OFFICIAL = SHARED / "reference" / "official_code"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
@@ -69,3 +72,20 @@ def test_gpu_ttt_script_with_the_official_harness_checks_parity():
         same = [line for line in lines if line.startswith(f"| float32: fast=fused vs official, {update} 220 tokens")]
         assert len(same) == 1 and float(same[0].split("|")[2]) < 1e-5, result.stdout
     assert "failed" not in result.stdout
+
+
+def test_gpu_table_runs_its_sections_in_one_process(tmp_path, monkeypatch):
+    """benchmarks/gpu.py at its quick sizes: the TTT section (with the official harness when shared/ has it: its stub
+    modules must not leak into the model loading after it) and the ask section, one table, files written."""
+    official = SHARED_OFFICIAL if SHARED_OFFICIAL.is_dir() else None
+    if official is not None and importlib.util.find_spec("einops") is not None:
+        monkeypatch.setenv("OFFICIAL_TTT_DIR", str(official))
+    import gpu
+
+    assert gpu.main(["--device", "cpu", "--model", "tiny-qwen3-vl", "--quick", "--only", "ttt,ask",
+                     "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "gpu.json").read_text())["rows"]
+    assert {r["section"] for r in rows} == {"ttt", "model", "ask"}
+    assert not any(r["what"] == "section failed" for r in rows)
+    assert all(isinstance(r["value"], str) for r in rows)
+    assert "| ask | first token" in (tmp_path / "gpu.md").read_text()

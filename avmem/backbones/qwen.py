@@ -70,7 +70,8 @@ def patchify(frames: np.ndarray | Tensor, spec: VisionSpec) -> tuple[Tensor, tup
 
     Returns pixel rows [gt*gh*gw, 3*tp*p*p] (float32) and the grid (gt, gh, gw) before merging.
     """
-    x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+    x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames,
+                        device=frames.device if isinstance(frames, Tensor) else "cpu")
     if x.dim() != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {x.dtype} {list(x.shape)}")
     t, h, w, _ = x.shape

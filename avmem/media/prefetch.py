@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Generic, TypeVar
@@ -12,6 +13,7 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 _POLL_SECONDS = 0.05
+JOIN_SECONDS = 30.0  # a producer blocked longer (a stalled network read) is left behind as a daemon thread
 _ITEM, _END, _ERROR = 0, 1, 2
 
 
@@ -88,11 +90,16 @@ class Prefetch(Generic[T]):
         raise StopIteration
 
     def close(self) -> None:
-        """Stop the producer (after the item it is decoding) and join it. Idempotent."""
+        """Stop the producer (after the item it is decoding) and join it, waiting at most :data:`JOIN_SECONDS`:
+        a producer blocked in a read that long (a stalled network source) is left to end on its own (it is a
+        daemon thread and stops at its next item) with a warning, so closing never hangs. Idempotent."""
         self._finished = True
         self._stop.set()
         if self._thread is not threading.current_thread():
-            self._thread.join()
+            self._thread.join(JOIN_SECONDS)
+            if self._thread.is_alive():
+                warnings.warn(f"{self._thread.name}: the decoding thread is still blocked in a read after "
+                              f"{JOIN_SECONDS:.0f} s; leaving it to end on its own", RuntimeWarning, stacklevel=2)
         while True:  # drop what is left (frames) now rather than with this object
             try:
                 self._queue.get_nowait()

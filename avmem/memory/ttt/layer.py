@@ -191,7 +191,14 @@ class TTTMemory(nn.Module):
             try:
                 return self._forward_fused(x, x_pad, pos, state, mode)
             except (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit) as exc:
-                # a compiler problem of this machine must not stop the model: same maths, uncompiled
+                # a compiler problem of this machine must not stop the model: same maths, uncompiled; running out
+                # of memory (also while autotuning) is not a compiler problem and is raised as such. The fallback
+                # covers the forward: a recompilation inside backward (activation checkpointing) raises there.
+                cause = exc
+                while cause is not None:
+                    if isinstance(cause, torch.OutOfMemoryError):
+                        raise cause from None
+                    cause = cause.__cause__ or getattr(cause, "inner_exception", None)
                 warnings.warn(f"TTTMemory: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                               f"switching this layer to fast='fused' (uncompiled)", RuntimeWarning, stacklevel=2)
                 self.set_fast("fused")

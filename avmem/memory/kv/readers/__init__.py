@@ -151,9 +151,12 @@ def register_reader(name: str):
 def _load_modules() -> None:
     global _LOADED
     if not _LOADED:
-        _LOADED = True
         for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-            importlib.import_module(f"{__name__}.{info.name}")
+            try:
+                importlib.import_module(f"{__name__}.{info.name}")
+            except Exception as exc:
+                raise ImportError(f"reader module {__name__}.{info.name} failed to import: {exc}") from exc
+        _LOADED = True
 
 
 def reader_names() -> tuple[str, ...]:
