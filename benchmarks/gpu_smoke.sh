@@ -2,7 +2,8 @@
 # GPU smoke suite in one call: the speed table of benchmarks/gpu.py, then every reader, every CLI command,
 # training steps, save/load and eval on CUDA (the test files that run models, with AVMEM_TEST_DEVICE=cuda).
 # Exits non-zero when either part failed or ran out of its time. The first CUDA call of each test process
-# compiles the TTT step (TTTConfig.fast="compile"): keep SMOKE_TEST_SECONDS generous.
+# compiles the TTT step (TTTConfig.fast="compile"): keep SMOKE_TEST_SECONDS generous, or export
+# AVMEM_TTT_FAST=fused to test the same maths uncompiled.
 #   bash benchmarks/gpu_smoke.sh [OUT_DIR]        # OUT_DIR gets cuda_tests.log, gpu.md, gpu.json
 # Env: SMOKE_TEST_SECONDS (default 150) bounds the tests, GPU_BENCH_SECONDS (default 330) the benchmarks,
 # GPU_BENCH_ARGS adds options to benchmarks/gpu.py, SMOKE_WORKERS pytest-xdist workers (default 12, when present).

@@ -163,3 +163,17 @@ def test_running_out_of_memory_while_compiling_is_not_taken_for_a_compiler_probl
     with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate"):
         layer(torch.randn(1, 12, 48), official_positions((2, 3), 0, 16))
     assert layer.cfg.fast == "compile"
+
+
+def test_the_environment_chooses_what_auto_means(monkeypatch):
+    layer = TTTMemory(TTTConfig(dim=48, num_heads=3, mini_batch=8, lag_distance=8, update="sgd"))
+    monkeypatch.delenv("AVMEM_TTT_FAST", raising=False)
+    assert layer.fast_mode == "off"  # auto on the CPU
+    monkeypatch.setenv("AVMEM_TTT_FAST", "fused")
+    assert layer.fast_mode == "fused"
+    layer.set_fast("off")
+    assert layer.fast_mode == "off"  # an explicit mode wins
+    layer.set_fast("auto")
+    monkeypatch.setenv("AVMEM_TTT_FAST", "turbo")
+    with pytest.raises(ValueError, match="AVMEM_TTT_FAST"):
+        layer.fast_mode

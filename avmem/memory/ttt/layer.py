@@ -33,6 +33,7 @@ curvature          B_MLP = sum_t J_t^T J_t over all rows     B_MLP or B_LN over 
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, fields, replace
 from collections.abc import Callable, Mapping
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import TTTConfig
+from .config import FAST_MODES, TTTConfig
 from .fast_mlp import (
     FastWeights,
     forward_keys,
@@ -56,6 +57,8 @@ from .official import extract_ttt_tensors
 from .rope import apply_rope, rope_cis, rope_cos_sin
 from .state import TTTState
 from .update import Curvature, make_update_rule
+
+FAST_ENV = "AVMEM_TTT_FAST"
 
 
 @dataclass
@@ -138,10 +141,20 @@ class TTTMemory(nn.Module):
     def fast_mode(self) -> str:
         """The execution path in use: "off" (eager reference) or a fused mode of ``TTTConfig.fast``.
 
-        "auto" resolves to "compile" when the parameters are on CUDA and to "off" otherwise.
+        "auto" resolves to ``$AVMEM_TTT_FAST`` when set (any mode but "auto"; e.g. "fused" skips compiling on a
+        machine where torch.compile is slow or broken), else to "compile" when the parameters are on CUDA and to
+        "off" otherwise.
+
+        Raises:
+            ValueError: ``$AVMEM_TTT_FAST`` is not a mode.
         """
         mode = self.cfg.fast
         if mode == "auto":
+            env = os.environ.get(FAST_ENV, "").strip()
+            if env:
+                if env not in FAST_MODES or env == "auto":
+                    raise ValueError(f"${FAST_ENV}={env!r}: choose from {[m for m in FAST_MODES if m != 'auto']}")
+                return env
             return "compile" if self.device.type == "cuda" else "off"
         return mode
 
