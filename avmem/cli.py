@@ -491,32 +491,62 @@ def budgets_show(
 @app.command("eval")
 @user_errors
 def eval_mcq(
-    annotations: str = typer.Argument(..., help="Video-MME-like annotations (e.g. OUT/test.json of avmem synth)."),
+    annotations: str = typer.Argument(..., help="Annotations: a file or the benchmark's folder as published (without "
+                                      "--benchmark: the synthetic benchmark's OUT/test.json)."),
+    benchmark: str = typer.Option(None, "--benchmark", help="A registered benchmark: videomme, mlvu, lvbench, "
+                                  "longvideobench, videoevalpro, ovobench, streamingbench, synth, ..."),
+    video_root: str = typer.Option(None, "--video-root", help="Folder of the benchmark's videos, under its naming "
+                                   "rule (default: the annotations' folder)."),
+    out: str = typer.Option(None, "--out", help="Run folder (results.jsonl, summary.json, ...); an existing run "
+                            "there is resumed."),
+    shard: str = typer.Option("0/1", "--shard", help="I/N: this process answers shard I of N (by video)."),
     model: str = MODEL_OPT,
-    method: str = typer.Option("likelihood", help="likelihood (rate the option letters), text / open (rate the "
-                               "option texts after the text- / open-style prompt) or generate."),
+    method: str = typer.Option(None, help="--benchmark: generate (default; the benchmark's prompt and answer "
+                               "extraction) or likelihood (rate the option letters). Without: likelihood (default), "
+                               "text / open (rate the option texts) or generate."),
     fps: float = FPS_OPT,
     max_pixels: int = MAX_PIXELS_OPT,
     video_tokens: int = VIDEO_TOKENS_OPT,
     audio_tokens: int = AUDIO_TOKENS_OPT,
     no_audio: bool = NO_AUDIO_OPT,
     no_ttt: bool = NO_TTT_OPT,
+    cg_iters: int = CG_ITERS_OPT,
+    video_policy: str = VIDEO_POLICY_OPT,
+    audio_policy: str = AUDIO_POLICY_OPT,
     reader: str = READER_OPT,
     read_tokens: int = READ_TOKENS_OPT,
-    video_policy: str = VIDEO_POLICY_OPT,
+    read_chunk: int = READ_CHUNK_OPT,
+    read_per_layer: bool = READ_PER_LAYER_OPT,
+    budget_file: str = BUDGET_FILE_OPT,
+    omni_lambda: float = OMNI_LAMBDA_OPT,
+    incremental: bool = INCREMENTAL_OPT,
     bank_step: int = typer.Option(4096, help="Tokens absorbed per memory compression (the demo model's: 32)."),
-    max_videos: int = typer.Option(None, help="Only the first N videos."),
+    max_new_tokens: int = typer.Option(None, help="Answer length limit (default: 8 without --benchmark, else 64)."),
+    max_videos: int = typer.Option(None, help="Only the first N videos (of this shard)."),
     device: str = DEVICE_OPT,
     dtype: str = DTYPE_OPT,
-    json_out: str = typer.Option(None, "--json", help="Also write every answer and the summary to this file."),
+    json_out: str = typer.Option(None, "--json", help="Without --benchmark: also write every answer and the summary "
+                                 "to this file."),
 ) -> None:
-    """Multiple-choice accuracy (with 95 % bootstrap intervals), overall, per task and inside / outside memory."""
+    """Accuracy on a registered benchmark (--benchmark, resumable run folder) or on the synthetic benchmark's JSON
+    (with 95 % bootstrap intervals, per task and inside / outside memory)."""
+    session_options = dict(fps=fps, max_pixels=max_pixels, video_tokens=video_tokens, audio_tokens=audio_tokens,
+                           no_audio=no_audio, no_ttt=no_ttt, cg_iters=cg_iters, device=device, dtype=dtype,
+                           video_policy=video_policy, audio_policy=audio_policy, reader=reader,
+                           read_tokens=read_tokens, read_chunk=read_chunk, read_per_layer=read_per_layer,
+                           budget_file=budget_file, omni_lambda=omni_lambda, incremental=incremental,
+                           bank_step=bank_step)
+    if benchmark is not None:
+        _eval_benchmark(benchmark, annotations, video_root, out, shard, model, method or "generate", max_new_tokens,
+                        max_videos, session_options)
+        return
+    for name, value in (("--video-root", video_root), ("--out", out), ("--shard", None if shard == "0/1" else shard)):
+        if value is not None:
+            raise ValueError(f"{name} needs --benchmark (e.g. --benchmark synth)")
     from .eval.mcq import evaluate_mcq, results_to_json, summarize
 
-    _, session = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
-                              audio_tokens=audio_tokens, no_audio=no_audio, no_ttt=no_ttt, cg_iters=None,
-                              device=device, dtype=dtype, max_new_tokens=8, reader=reader, read_tokens=read_tokens,
-                              video_policy=video_policy, bank_step=bank_step)
+    method = method or "likelihood"
+    _, session = _session_for(model, max_new_tokens=max_new_tokens or 8, **session_options)
     from rich.progress import Progress
 
     with Progress(console=console, transient=True) as bar:
@@ -533,6 +563,83 @@ def eval_mcq(
     if json_out:
         with open(json_out, "w") as fh:
             json.dump({"summary": summary, "results": results_to_json(results)}, fh, indent=1)
+
+
+def _eval_benchmark(name: str, annotations: str, video_root: str | None, out: str | None, shard_text: str,
+                    model: str | None, method: str, max_new_tokens: int | None, max_videos: int | None,
+                    session_options: dict) -> None:
+    """``avmem eval --benchmark NAME``: load and check everything before the model loads, then run."""
+    from pathlib import Path
+
+    from .eval.benchmarks import AnnotationDefect, get_benchmark
+    from .eval.run import RUN_METHODS, parse_shard, run_benchmark, shard_videos
+
+    bench = get_benchmark(name)  # ValueError listing the registered names
+    if method not in RUN_METHODS:
+        raise ValueError(f"--method with --benchmark must be one of {', '.join(RUN_METHODS)}, got {method!r}")
+    shard = parse_shard(shard_text)
+    if not out:
+        raise ValueError("--benchmark needs --out RUN_DIR (where results.jsonl and summary.json go)")
+    if max_videos is not None and max_videos < 1:
+        raise ValueError(f"--max-videos must be >= 1, got {max_videos}")
+    path = Path(annotations)
+    if not path.exists():
+        raise ValueError(f"{annotations}: no such file or folder")
+    root = Path(video_root) if video_root else (path if path.is_dir() else path.parent)
+    if not root.is_dir():
+        raise ValueError(f"--video-root {root}: not a folder")
+    try:
+        loaded = bench.load(path)
+    except AnnotationDefect as exc:
+        raise ValueError(str(exc)) from None
+    if not loaded.videos:
+        raise ValueError(f"{annotations}: no questions for benchmark {name}")
+    missing = bench.resolve(loaded, root)
+    for ref, reason in list(getattr(bench, "skipped", {}).items()):
+        print(f"avmem: note: skipped {ref}: {reason}", file=sys.stderr)
+    if loaded.defects:
+        print(f"avmem: note: {len(loaded.defects)} items left out for known defects of the published file: "
+              + "; ".join(f"{k} ({v})" for k, v in list(loaded.defects.items())[:5]), file=sys.stderr)
+    if len(missing) == len(loaded.videos):
+        first = next(v for v in loaded.videos)
+        raise ValueError(f"none of the {len(loaded.videos)} videos found under {root} (e.g. {first.path})")
+    mine = {v.ref for v in shard_videos(loaded.videos, shard)[:max_videos]}
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        print(f"avmem: note: {len(missing)} of {len(loaded.videos)} videos missing under {root}: {shown}; "
+              f"{len(mine & set(missing))} of this run's are recorded in its failures file", file=sys.stderr)
+    model_obj, session = _session_for(model, max_new_tokens=max_new_tokens or 64, **session_options)
+    summary = run_benchmark(bench, loaded, model_obj, session.settings, out, method=method, shard=shard,
+                            max_videos=max_videos, annotations=path, model_source=model)
+    _print_summary(summary, out)
+
+
+def _print_summary(summary: dict, out: str) -> None:
+    """The top-level numbers of a summary and its counts."""
+    table = Table(title=f"{summary.get('benchmark')}: {summary.get('extraction')} extraction, {summary.get('method')}")
+    table.add_column("aggregate")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        if isinstance(value, float):
+            table.add_row(key, f"{value:.4f}")
+    for key, value in (summary.get("counts") or {}).items():
+        if value is not None:
+            table.add_row(key, str(value))
+    console.print(table)
+    console.print(f"results and summary.json in {out}")
+
+
+@app.command("eval-merge")
+@user_errors
+def eval_merge(
+    runs: list[str] = typer.Argument(..., help="Run folders (or results*.jsonl files) of one run's shards."),
+    out: str = typer.Option(None, "--out", help="Where summary.json goes (default: the first run folder)."),
+) -> None:
+    """Merge the shards of a run (de-duplicated by question id) and recompute summary.json."""
+    from .eval.run import merge_runs
+
+    summary = merge_runs(runs, out=out)
+    _print_summary(summary, out or runs[0])
 
 
 @app.command()

@@ -87,16 +87,16 @@ def stream_and_ask(session: StreamSession, video: Path, questions: list[Question
 
 
 def answer(session: StreamSession, q: Question, method: str) -> MCQResult:
-    """Ask ``q`` now and score the reply; the session first absorbs what it has pending (as a stream that
-    ends at ``q.asked_at``, which is how training sees a question)."""
-    session.flush()
+    """Ask ``q`` now and score the reply. The question sees the stream with everything pending absorbed (as a
+    stream that ends at ``q.asked_at``, which is how training sees a question), from a copy: the live stream is
+    not flushed, so later questions see exactly what they would see asked alone."""
     if method == "likelihood":
         predicted = LETTERS[session.choose(q.prompt(), list(LETTERS))[0]]
     elif method in ("text", "open"):
         predicted = LETTERS[session.score_answers(q.prompt(method), q.option_texts)[0]]
     else:
         predicted = extract_letter(session.ask(q.prompt(), max_new_tokens=8))
-    st = session.state
+    st = session._asking_state()  # the flushed copy the answer was read from
     log = st.patches
     produced = int(st.video_ids)
     patch = int(np.searchsorted(log.times, q.event_time, side="right")) - 1 if len(log) else -1
