@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import LETTERS, AnnotationDefect, Benchmark, BenchQuestion, BenchVideo, Loaded, macro, micro, register_benchmark
+from ._tabular import read_rows
 
 MCQ_FILES = {"1_plotQA": "plotQA", "2_needle": "needle", "3_ego": "ego", "4_count": "count", "5_order": "order",
              "6_anomaly_reco": "anomaly_reco", "7_topic_reasoning": "topic_reasoning"}
@@ -122,7 +123,7 @@ class MLVUBenchmark(Benchmark):
 
     def _load_lmms(self, path: Path) -> Loaded:
         self.layout = "lmms-eval"
-        rows = _read_rows(path)
+        rows = read_rows(path, "lmms-eval MLVU")
         videos: dict[str, BenchVideo] = {}
         defects: dict[str, str] = {}
         seen: set[str] = set()
@@ -250,22 +251,3 @@ def _read_json_array(path: Path) -> list:
     if not isinstance(data, list):
         raise AnnotationDefect(f"{path}: expected a JSON array of items")
     return data
-
-
-def _read_rows(path: Path) -> list:
-    """Rows of an lmms-eval export: parquet, JSON array or JSONL."""
-    if path.suffix == ".parquet":
-        try:
-            import pandas as pd
-
-            return pd.read_parquet(path).to_dict("records")
-        except ImportError:
-            raise AnnotationDefect(f"{path}: reading parquet needs pandas and pyarrow") from None
-        except Exception as exc:  # pyarrow raises many types for foreign files
-            raise AnnotationDefect(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
-    if path.suffix == ".jsonl":
-        try:
-            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise AnnotationDefect(f"{path}: not readable JSONL ({type(exc).__name__})") from None
-    return _read_json_array(path)
