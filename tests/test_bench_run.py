@@ -19,6 +19,7 @@ runner = CliRunner()
 SETTINGS = SessionSettings(video_tokens=64, audio_tokens=32, max_pixels=64 * 64, chunk_frames=8, bank_step=32,
                            max_new_tokens=3)
 ASK_TIMES = (4.0, 9.5, None, 9.5, 17.0)
+PER_VIDEO = len(ASK_TIMES) + 1  # and one probe
 
 
 class FakeBench(Benchmark):
@@ -39,6 +40,8 @@ class FakeBench(Benchmark):
                 qs.append(BenchQuestion(qid=f"v{v}q{k}", video=ref, question=f"Question {k} about the video?",
                                         options=[f"option {i}" for i in range(n)], answer="ABCDE"[(v + k) % n],
                                         ask_time=t, task=f"t{n}", fields={"n": n}))
+            qs.append(BenchQuestion(qid=f"v{v}probe", video=ref, question="Is a shape on screen? Yes or No.",
+                                    options=[], answer="Yes", kind="probe", ask_time=12.0, task="probe"))
             videos.append(BenchVideo(ref=ref, questions=qs))
         return Loaded(videos=videos)
 
@@ -97,6 +100,10 @@ def test_result_lines_and_summary(full_run, media):
     assert sorted(r["qid"] for r in rows) == sorted(questions)
     for r in rows:
         q = questions[r["qid"]]
+        if q.kind == "probe":  # always generated, whatever the method
+            assert r["method"] == "generate" and isinstance(r["reply"], str) and r["predicted"] == r["reply"]
+            assert r["correct"] == (r["reply"].strip().lower() == "yes") and r["ask_time"] == 12.0
+            continue
         assert r["predicted"] in q.letters and len(r["scores"]) == len(q.options)  # the question's own letters
         assert r["predicted"] == q.letters[int(np.argmax(r["scores"]))]
         assert r["correct"] == (r["predicted"] == q.answer) and r["method"] == "likelihood"
@@ -118,7 +125,7 @@ def test_missing_video_is_recorded_and_the_others_answered(media, model, tmp_pat
     failures = read_jsonl(tmp_path / "failures.jsonl")
     assert [f["video"] for f in failures] == ["videos/absent.mp4"] and "missing" in failures[0]["reason"]
     rows = read_jsonl(tmp_path / "results.jsonl")
-    assert {r["video"] for r in rows} == set(_refs(media)) and len(rows) == 3 * len(ASK_TIMES)
+    assert {r["video"] for r in rows} == set(_refs(media)) and len(rows) == 3 * PER_VIDEO
     assert summary["counts"]["failed_videos"] == summary["counts"]["missing_videos"] == 1
     _run(media, model, tmp_path, bench=bench)  # resumed: nothing answered twice, the failure not repeated
     assert len(read_jsonl(tmp_path / "results.jsonl")) == len(rows)
@@ -137,18 +144,18 @@ def test_undecodable_video_fails_alone(media, model, tmp_path):
     failures = read_jsonl(tmp_path / "run" / "failures.jsonl")
     assert [f["video"] for f in failures] == ["videos/broken.mp4"] and failures[0]["reason"]
     assert "\n" not in failures[0]["reason"]
-    assert summary["counts"]["answered"] == 3 * len(ASK_TIMES) and summary["counts"]["failed_videos"] == 1
+    assert summary["counts"]["answered"] == 3 * PER_VIDEO and summary["counts"]["failed_videos"] == 1
 
 
 def test_resume_after_a_kill_answers_nothing_twice(media, model, full_run, tmp_path):
     _run(media, model, tmp_path, max_videos=2)
     path = tmp_path / "results.jsonl"
     lines = path.read_text().splitlines(keepends=True)
-    assert len(lines) == 2 * len(ASK_TIMES)
+    assert len(lines) == 2 * PER_VIDEO
     path.write_text("".join(lines[:-3]) + lines[-3][: len(lines[-3]) // 2])  # killed mid-line
     _run(media, model, tmp_path)
     rows = read_jsonl(path)
-    assert len(rows) == len({r["qid"] for r in rows}) == 3 * len(ASK_TIMES)
+    assert len(rows) == len({r["qid"] for r in rows}) == 3 * PER_VIDEO
     assert _by_qid(rows) == _by_qid(read_jsonl(full_run / "results.jsonl"))
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads((full_run / "summary.json").read_text())
 
@@ -241,8 +248,8 @@ def test_generate_method_saves_the_raw_reply(media, model, tmp_path):
     summary = _run(media, model, tmp_path, method="generate", max_videos=1)
     rows = read_jsonl(tmp_path / "results.jsonl")
     assert rows and all(isinstance(r["reply"], str) and r["method"] == "generate" for r in rows)
-    assert all(r["predicted"] is None or r["predicted"] in "ABCDE" for r in rows)
-    assert summary["counts"]["unparseable"] == sum(r["predicted"] is None for r in rows)
+    assert all(r["predicted"] is None or r["predicted"] in "ABCDE" for r in rows if r["kind"] == "mcq")
+    assert summary["counts"]["unparseable"] == sum(r["predicted"] is None for r in rows if r["kind"] == "mcq")
 
 
 def test_cli_runs_resumes_and_merges(media, tmp_path):
