@@ -147,6 +147,24 @@ def test_undecodable_video_fails_alone(media, model, tmp_path):
     assert summary["counts"]["answered"] == 3 * PER_VIDEO and summary["counts"]["failed_videos"] == 1
 
 
+def test_a_failure_mid_video_keeps_the_answers_before_it(media, model, tmp_path):
+    class FailsAt17(FakeBench):
+        def prompt(self, q: BenchQuestion) -> str:  # an empty question: the session refuses it (ValueError)
+            return "" if q.ask_time == 17.0 and q.video == self.refs[0] else super().prompt(q)
+
+    bench = FailsAt17(_refs(media))
+    summary = _run(media, model, tmp_path, bench=bench)
+    rows = read_jsonl(tmp_path / "results.jsonl")
+    failures = read_jsonl(tmp_path / "failures.jsonl")
+    first = [r for r in rows if r["video"] == bench.refs[0]]
+    assert sorted(r["ask_time"] or 99 for r in first) == [4.0, 9.5, 9.5, 12.0]  # answered before 17 s, kept
+    assert [(f["video"], f["answered"]) for f in failures] == [(bench.refs[0], 4)]
+    assert "question must be a non-empty string" in failures[0]["reason"]
+    assert len(rows) == 3 * PER_VIDEO - 2 and summary["counts"]["failed_videos"] == 1
+    _run(media, model, tmp_path, bench=bench)  # resumed: tried again, nothing answered twice
+    assert len(read_jsonl(tmp_path / "results.jsonl")) == len(rows)
+
+
 def test_resume_after_a_kill_answers_nothing_twice(media, model, full_run, tmp_path):
     _run(media, model, tmp_path, max_videos=2)
     path = tmp_path / "results.jsonl"
