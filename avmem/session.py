@@ -629,26 +629,27 @@ class StreamSession:
 
     @_atomic
     @torch.no_grad()
-    def ask(self, question: str, max_new_tokens: int | None = None) -> str:
-        """Answer ``question`` from the memory (greedy decoding)."""
-        cache, logits, next_position = self._answer_start(question)
+    def ask(self, question: str, max_new_tokens: int | None = None, prefix: str = "") -> str:
+        """Answer ``question`` from the memory (greedy decoding). ``prefix`` is put at the start of the answer
+        (a benchmark's prefilled "Best Option: (", say); the return value is what the model wrote after it."""
+        cache, logits, next_position = self._answer_start(question, prefix)
         limit = max_new_tokens or self.settings.max_new_tokens
         out = self.model.backbone.decode(cache, logits, next_position, limit)
         return self.model.backbone.tokenizer.decode(out, skip_special_tokens=True).strip()
 
     @_atomic
     @torch.no_grad()
-    def choose(self, question: str, options: list[str]) -> tuple[int, list[float]]:
+    def choose(self, question: str, options: list[str], prefix: str = "") -> tuple[int, list[float]]:
         """Multiple choice by likelihood: the index of the option whose first answer token the model rates
-        highest right after ``question`` (e.g. options "A".."D" after a Video-MME prompt), and the log
-        probabilities of those tokens. Options must start with different tokens."""
+        highest right after ``question`` (and the answer ``prefix``, if any; e.g. options "A".."D" after a
+        Video-MME prompt), and the log probabilities of those tokens. Options must start with different tokens."""
         if len(options) < 2:
             raise ValueError("choose: give at least two options")
         ids = [self._text_ids(o) for o in options]
         first = [i[0] if i else None for i in ids]
         if None in first or len(set(first)) != len(first):
             raise ValueError(f"choose: options must be non-empty and start with different tokens, got {options}")
-        _, logits, _ = self._answer_start(question)
+        _, logits, _ = self._answer_start(question, prefix)
         logp = torch.log_softmax(logits.float(), dim=-1)[first].tolist()
         return max(range(len(options)), key=lambda k: logp[k]), logp
 
@@ -666,12 +667,16 @@ class StreamSession:
         return max(range(len(answers)), key=lambda k: logp[k]), logp
 
     @torch.no_grad()
-    def _answer_start(self, question: str):
-        """Run the memory and ``question`` through the session's reader (from the registry of
-        :mod:`avmem.memory.kv.readers`): (cache, first answer logits, next position)."""
+    def _answer_start(self, question: str, prefix: str = ""):
+        """Run the memory, ``question`` and the answer ``prefix`` through the session's reader (from the registry
+        of :mod:`avmem.memory.kv.readers`): (cache, logits of the first answer token after the prefix, next
+        position)."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("ask: the question must be a non-empty string")
-        prompt = self._memory_prompt(self._asking_state("ask: "), self._question_tail(question))
+        if not isinstance(prefix, str):
+            raise ValueError(f"ask: the answer prefix must be a string, got {type(prefix).__name__}")
+        tail = self._question_tail(question) + (self._text_ids(prefix) if prefix else [])
+        prompt = self._memory_prompt(self._asking_state("ask: "), tail)
         self._questions += 1
         reader = get_reader(self.settings.reader)(self.settings, self.model)
         result = reader.read(self.model.backbone, prompt, self._memory_kv)

@@ -251,3 +251,22 @@ def test_run_on_the_official_layout(tmp_path):
     failures = read_jsonl(out / "failures.jsonl")
     assert len(failures) == len({q.video for q in MLVUBenchmark().load(json_dir).questions}) - 2
     assert summary["counts"]["missing_videos"] == len(failures) and summary["counts"]["left_out_defects"] == 1
+
+
+def test_generated_answers_continue_the_official_prefill():
+    """The runner asks MLVU with the answer pre-filled ("Best Option: ("), as the official script does: the saved
+    reply starts with it and the extraction reads prefix + continuation."""
+    import numpy as np
+
+    from avmem.eval.benchmarks import BenchQuestion
+    from avmem.eval.run import answer_question
+    from avmem.model import load_model
+    from avmem.session import StreamSession
+
+    s = StreamSession(load_model("tiny-qwen3-vl"), video_tokens=64, max_pixels=64 * 64, use_audio=False)
+    rng = np.random.default_rng(0)
+    s.feed(frames=[rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(4)], t=[0.0, 1.0, 2.0, 3.0])
+    q = BenchQuestion("1_plotQA/0", "v.mp4", "What happens?", ["a", "b", "c", "d"], "B", task="plotQA")
+    row = answer_question(s, MLVUBenchmark(), q, "generate", max_new_tokens=3)
+    assert row["reply"].startswith("Best Option: (")
+    assert row["predicted"] == MLVUBenchmark().extract(row["reply"], q)

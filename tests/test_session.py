@@ -308,3 +308,16 @@ def test_a_session_moves_between_ttt_execution_paths(tmp_path):
     finally:
         model.ttt.set_fast("auto")
         model.spec.ttt = model.ttt.cfg.to_dict()
+
+
+def test_an_answer_prefix_is_part_of_the_prompt(model):
+    """ask(..., prefix=P) continues after P: its first token is the one choose() rates over the prompt + P, and
+    the prefix changes what follows (it is in the model's input, not pasted onto the reply)."""
+    s = StreamSession(model, video_tokens=64, max_pixels=64 * 64, max_new_tokens=4)
+    s.feed(frames=frames(4), t=[0.0, 1.0, 2.0, 3.0])
+    _, with_prefix = s.choose("Which option?", ["A", "B", "C"], prefix="Best Option: (")
+    _, without = s.choose("Which option?", ["A", "B", "C"])
+    assert with_prefix != without
+    assert isinstance(s.ask("Which option?", prefix="Best Option: ("), str)
+    with pytest.raises(ValueError, match="prefix"):
+        s.ask("Which option?", prefix=3)

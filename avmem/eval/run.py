@@ -189,12 +189,13 @@ def answer_question(session: StreamSession, bench: Benchmark, q: BenchQuestion, 
     """
     start = time.perf_counter()
     prompt = bench.prompt(q)
+    prefix = bench.answer_prefix(q)
     scores = None
     if method == "likelihood" and q.kind == "mcq":
-        index, scores = session.choose(prompt, list(q.letters))
+        index, scores = session.choose(prompt, list(q.letters), prefix=prefix)
         reply, predicted, used = None, q.letters[index], "likelihood"
     else:
-        reply = session.ask(prompt, max_new_tokens=max_new_tokens)
+        reply = prefix + session.ask(prompt, max_new_tokens=max_new_tokens, prefix=prefix)
         predicted, used = bench.extract(reply, q), "generate"
     row = {"qid": q.qid, "video": q.video, "task": q.task, "fields": q.fields, "kind": q.kind,
            "ask_time": q.ask_time, "answer": q.answer, "reply": reply, "predicted": predicted,

@@ -152,6 +152,11 @@ class Benchmark(ABC):
     def prompt(self, q: BenchQuestion) -> str:
         """The text put after the memory for ``q`` (the benchmark's own prompt)."""
 
+    def answer_prefix(self, q: BenchQuestion) -> str:
+        """Text the benchmark pre-fills at the start of the answer (e.g. MLVU's ``Best Option: (``); the model
+        continues after it, and extraction reads prefix + continuation. Default: none."""
+        return ""
+
     def extract(self, reply: str, q: BenchQuestion) -> str | None:
         """The answer letter in a generated ``reply`` (None: unparseable); open-ended: the reply itself."""
         if q.kind != "mcq":

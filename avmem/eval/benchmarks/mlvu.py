@@ -17,9 +17,9 @@ lake shore ...") whose answer matches none of the candidates; the official score
 They are reported in ``Loaded.defects`` and left out (in the lmms-eval layout too, where a letter was assigned).
 
 Prompt: the official ``choice_bench.py`` one (system sentence, ``Question: ...\\nOptions:\\n(A) ...``, "Only give
-the best option."); the assistant turn is not pre-filled with ``Best Option: (`` (a session's answer starts a
-fresh assistant turn). Extraction ``mlvu_paren``: the character before the first ``)`` of the reply, else the
-whole reply stripped when it is exactly a letter. Aggregates: per-task accuracy, ``M-Avg`` = the mean of the 7
+the best option.") with the answer pre-filled with ``Best Option: (`` as the official script does (the model
+continues after it; the saved reply includes the prefix). Extraction ``mlvu_paren``: the character before the
+first ``)`` of the reply, else the whole reply stripped when it is exactly a letter. Aggregates: per-task accuracy, ``M-Avg`` = the mean of the 7
 task accuracies (official and lmms-eval), ``overall`` = micro accuracy (VLMEvalKit's "M-Avg").
 """
 
@@ -41,6 +41,7 @@ QUESTION_TYPES = {"plotQA": "plotQA", "findNeedle": "needle", "needle": "needle"
                   "order": "order", "anomaly_reco": "anomaly_reco", "topic_reasoning": "topic_reasoning"}
 """``question_type`` (official) / ``task_type`` (lmms-eval) -> task name."""
 TASKS = tuple(MCQ_FILES.values())
+ANSWER_PREFIX = "Best Option: ("  # the official choice_bench.py pre-fills the answer with this
 SYSTEM = ("Carefully watch this video and pay attention to every detail. Based on your observations, select the "
           "best option that accurately addresses the question.")
 DEFECT_QUESTION = "What is the man in the video doing on the lake shore during the sunny summer?"
@@ -191,6 +192,9 @@ class MLVUBenchmark(Benchmark):
     def prompt(self, q: BenchQuestion) -> str:
         options = "\n".join(f"({letter}) {text}" for letter, text in zip(q.letters, q.options))
         return f"{SYSTEM}\nQuestion: {q.question}\nOptions:\n{options}\nOnly give the best option."
+
+    def answer_prefix(self, q: BenchQuestion) -> str:
+        return ANSWER_PREFIX
 
     def extract(self, reply: str, q: BenchQuestion) -> str | None:
         return extract_paren(reply, q.letters)
