@@ -10,7 +10,7 @@ import pytest
 from avmem.media._decode import Orientation, orientation_of
 
 from .conftest import shared_path
-from .test_media_files import write_clip
+from .test_media_files import needs_pyav17, write_clip
 
 
 def _first_frame(path) -> av.VideoFrame:
@@ -42,6 +42,7 @@ def test_other_side_data_is_not_taken_for_a_display_matrix():
     assert orientation_of(frame) == (Orientation(), None)
 
 
+@needs_pyav17
 @pytest.mark.parametrize("rotation, expected, corner", [
     (90, Orientation(k=1, vflip=False, rotation=90), (-1, 0)),
     (-90, Orientation(k=3, vflip=False, rotation=-90), (0, -1)),
