@@ -499,7 +499,11 @@ def eval_mcq(
                                    "rule (default: the annotations' folder)."),
     out: str = typer.Option(None, "--out", help="Run folder (results.jsonl, summary.json, ...); an existing run "
                             "there is resumed."),
-    shard: str = typer.Option("0/1", "--shard", help="I/N: this process answers shard I of N (by video)."),
+    shard: str = typer.Option(None, "--shard", help="I/N: this process answers shard I of N (by video); default: "
+                              "RANK/WORLD_SIZE under torchrun / accelerate launch, else 0/1."),
+    memory_cache: str = typer.Option(None, "--memory-cache", help="--benchmark: folder of saved memory states "
+                                     "(per video, model, write-side settings, ask time); runs that differ only in "
+                                     "reader / read budget / method answer from it without decoding the videos."),
     model: str = MODEL_OPT,
     method: str = typer.Option(None, help="--benchmark: generate (default; the benchmark's prompt and answer "
                                "extraction) or likelihood (rate the option letters). Without: likelihood (default), "
@@ -538,9 +542,10 @@ def eval_mcq(
                            bank_step=bank_step)
     if benchmark is not None:
         _eval_benchmark(benchmark, annotations, video_root, out, shard, model, method or "generate", max_new_tokens,
-                        max_videos, session_options)
+                        max_videos, session_options, memory_cache)
         return
-    for name, value in (("--video-root", video_root), ("--out", out), ("--shard", None if shard == "0/1" else shard)):
+    for name, value in (("--video-root", video_root), ("--out", out), ("--shard", None if shard == "0/1" else shard),
+                        ("--memory-cache", memory_cache)):
         if value is not None:
             raise ValueError(f"{name} needs --benchmark (e.g. --benchmark synth)")
     from .eval.mcq import evaluate_mcq, results_to_json, summarize
@@ -565,19 +570,33 @@ def eval_mcq(
             json.dump({"summary": summary, "results": results_to_json(results)}, fh, indent=1)
 
 
-def _eval_benchmark(name: str, annotations: str, video_root: str | None, out: str | None, shard_text: str,
+def _eval_benchmark(name: str, annotations: str, video_root: str | None, out: str | None, shard_text: str | None,
                     model: str | None, method: str, max_new_tokens: int | None, max_videos: int | None,
-                    session_options: dict) -> None:
+                    session_options: dict, memory_cache: str | None = None) -> None:
     """``avmem eval --benchmark NAME``: load and check everything before the model loads, then run."""
+    import os
     from pathlib import Path
 
     from .eval.benchmarks import AnnotationDefect, get_benchmark
-    from .eval.run import RUN_METHODS, parse_shard, run_benchmark, shard_videos
+    from .eval.run import RUN_METHODS, launcher_shard, parse_shard, run_benchmark, shard_videos, shards_done
 
     bench = get_benchmark(name)  # ValueError listing the registered names
     if method not in RUN_METHODS:
         raise ValueError(f"--method with --benchmark must be one of {', '.join(RUN_METHODS)}, got {method!r}")
-    shard = parse_shard(shard_text)
+    if shard_text is not None:
+        shard = parse_shard(shard_text)
+    else:
+        import torch
+
+        launched = launcher_shard(os.environ, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        shard = (0, 1) if launched is None else launched[0]
+        if launched is not None and launched[1] is not None and session_options.get("device") in (None, "auto"):
+            session_options = {**session_options, "device": launched[1]}
+        if launched is not None:
+            print(f"avmem: note: started by a launcher: shard {shard[0]}/{shard[1]} on "
+                  f"{session_options.get('device')}", file=sys.stderr)
+    if memory_cache is not None and Path(memory_cache).exists() and not Path(memory_cache).is_dir():
+        raise ValueError(f"--memory-cache {memory_cache}: not a folder")
     if not out:
         raise ValueError("--benchmark needs --out RUN_DIR (where results.jsonl and summary.json go)")
     if max_videos is not None and max_videos < 1:
@@ -610,22 +629,35 @@ def _eval_benchmark(name: str, annotations: str, video_root: str | None, out: st
               f"{len(mine & set(missing))} of this run's are recorded in its failures file", file=sys.stderr)
     model_obj, session = _session_for(model, max_new_tokens=max_new_tokens or 64, **session_options)
     summary = run_benchmark(bench, loaded, model_obj, session.settings, out, method=method, shard=shard,
-                            max_videos=max_videos, annotations=path, model_source=model)
+                            max_videos=max_videos, annotations=path, model_source=model, memory_cache=memory_cache)
     _print_summary(summary, out)
+    if shard[1] > 1:
+        finished = shards_done(out, shard[1])
+        if len(finished) == shard[1]:
+            print(f"avmem: note: all {shard[1]} shards are done; {out}/summary.json covers the whole run",
+                  file=sys.stderr)
+        else:
+            print(f"avmem: note: {len(finished)} of {shard[1]} shards done; {out}/summary.json is complete when the "
+                  f"last one finishes (shards in other folders: avmem eval-merge DIRS)", file=sys.stderr)
 
 
 def _print_summary(summary: dict, out: str) -> None:
-    """The top-level numbers of a summary and its counts."""
+    """The benchmark's top-level aggregates (their own names) and, apart, the runner's counts (``counts.*``)."""
     table = Table(title=f"{summary.get('benchmark')}: {summary.get('extraction')} extraction, {summary.get('method')}")
-    table.add_column("aggregate")
+    table.add_column("summary.json key")
     table.add_column("value", justify="right")
     for key, value in summary.items():
         if isinstance(value, float):
             table.add_row(key, f"{value:.4f}")
+    table.add_section()
     for key, value in (summary.get("counts") or {}).items():
-        if value is not None:
-            table.add_row(key, str(value))
+        if value is not None and not isinstance(value, dict):
+            table.add_row(f"counts.{key}", str(value))
     console.print(table)
+    after = (summary.get("counts") or {}).get("asked_after_end")
+    if after:
+        print(f"avmem: note: {after} questions have an ask time after the end of their decoded video; they were "
+              f"asked at the end (asked_at_end, stream_time in results)", file=sys.stderr)
     console.print(f"results and summary.json in {out}")
 
 

@@ -1,8 +1,12 @@
-"""The benchmark runner: result lines, resume, shards + merge, failures, question independence, the CLI."""
+"""The benchmark runner: result lines, resume, shards + merge, failures, question independence, the memory cache,
+questions after the end, the accuracy plot, launcher shards, summary keys, the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from avmem.cli import app
-from avmem.eval.benchmarks import Benchmark, BenchQuestion, BenchVideo, Loaded, macro, micro
-from avmem.eval.run import merge_runs, parse_shard, read_jsonl, run_benchmark, shard_videos, stream_video
+from avmem.eval.benchmarks import Benchmark, BenchQuestion, BenchVideo, Loaded, get_benchmark, macro, micro
+from avmem.eval.run import (READ_SETTINGS, WRITE_SETTINGS, accuracy_buckets, launcher_shard, merge_runs, parse_shard,
+                            plot_accuracy, read_jsonl, run_benchmark, shard_videos, shards_done, stream_video,
+                            write_settings)
 from avmem.session import SessionSettings, StreamSession
 from avmem.synth.benchmark import generate
 
@@ -196,6 +202,7 @@ def test_two_shards_merge_to_the_single_run(media, model, full_run, tmp_path):
     assert any(line.startswith("[1/") and "real time, ETA" in line for line in lines)
     parts = [read_jsonl(tmp_path / f"s{i}" / f"results.shard-{i}-of-2.jsonl") for i in range(2)]
     assert not {r["video"] for r in parts[0]} & {r["video"] for r in parts[1]}
+    assert shards_done(tmp_path / "s0", 2) == [0] and shards_done(tmp_path / "s1", 2) == [1]
     merged = merge_runs([tmp_path / "s0", tmp_path / "s1"], out=tmp_path / "merged", bench=FakeBench([]))
     single = json.loads((full_run / "summary.json").read_text())
     assert merged == single
@@ -306,3 +313,170 @@ def test_cli_input_errors(media, tmp_path):
     assert bad.exit_code == 2 and "--shard" in bad.stderr
     legacy = runner.invoke(app, ["eval", str(media / "test.json"), "--out", str(tmp_path / "r")])
     assert legacy.exit_code == 2 and "needs --benchmark" in legacy.stderr
+
+
+# memory cache ----------------------------------------------------------------------------------------------------
+
+def _key(rows: list[dict]) -> dict[str, dict]:
+    return {q: {k: v for k, v in r.items() if k not in ("seconds",)} for q, r in _by_qid(rows).items()}
+
+
+class LateBench(FakeBench):
+    """FakeBench plus a question asked after the end of the 30 s videos."""
+
+    def load(self, annotations: Path) -> Loaded:
+        loaded = super().load(annotations)
+        for v, video in enumerate(loaded.videos):
+            video.questions.append(BenchQuestion(qid=f"v{v}late", video=video.ref, question="What happened last?",
+                                                 options=["a", "b", "c"], answer="B", ask_time=45.0, task="t3"))
+        return loaded
+
+
+def test_every_session_setting_is_write_or_read_side():
+    names = {f.name for f in dataclasses.fields(SessionSettings)}
+    assert set(WRITE_SETTINGS) | set(READ_SETTINGS) == names and not set(WRITE_SETTINGS) & set(READ_SETTINGS)
+    assert {"fps", "video_tokens", "bank_step", "use_ttt", "chunk_frames"} <= set(WRITE_SETTINGS)
+    assert {"reader", "read_tokens", "budget_file", "incremental", "max_new_tokens"} <= set(READ_SETTINGS)
+    assert write_settings(dataclasses.replace(SETTINGS, reader="recent")) == write_settings(SETTINGS)
+    assert write_settings(dataclasses.replace(SETTINGS, fps=2.0)) != write_settings(SETTINGS)
+
+
+def test_memory_cache_serves_read_side_sweeps_without_decoding(media, model, tmp_path):
+    ref = _refs(media)[0]
+    (tmp_path / "videos").mkdir()
+    video = tmp_path / ref
+    shutil.copy2(media / ref, video)
+    original, stat = video.read_bytes(), video.stat()
+    bench = LateBench([ref])
+    cache = tmp_path / "cache"
+    reread = dataclasses.replace(SETTINGS, reader="recent", read_tokens=24)
+
+    def run(root: Path, out: str, settings: SessionSettings = SETTINGS, **kw) -> dict:
+        return run_benchmark(bench, bench.load(root), model, settings, tmp_path / out, method="likelihood",
+                             video_root=root, model_source="tiny-qwen3-vl", **kw)
+
+    notes: list[str] = []
+    run(tmp_path, "first", memory_cache=cache, progress=notes.append)
+    assert not any("memory cache" in n for n in notes)
+    folders = [f for f in cache.iterdir() if f.is_dir()]
+    assert len(folders) == 1 and (folders[0] / "end.json").is_file()
+    assert {f.name for f in folders[0].glob("*.session")} == {"t=4.0.session", "t=9.5.session", "t=12.0.session",
+                                                             "t=17.0.session", "end.session"}
+    first = read_jsonl(tmp_path / "first" / "results.jsonl")
+    # the video now fails to decode, with the same size and time: answers come from the cache alone
+    video.write_bytes(b"\0" * len(original))
+    os.utime(video, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    run(tmp_path, "cached", settings=reread, memory_cache=cache, progress=notes.append)
+    assert any("from the memory cache" in n for n in notes) and not read_jsonl(tmp_path / "cached" / "failures.jsonl")
+    fresh = run(media, "fresh", settings=reread, progress=None)  # streamed from the real video, no cache
+    cached = read_jsonl(tmp_path / "cached" / "results.jsonl")
+    assert _key(cached) == _key(read_jsonl(tmp_path / "fresh" / "results.jsonl"))
+    assert json.loads((tmp_path / "cached" / "summary.json").read_text()) == fresh
+    assert _key(cached) != _key(first)  # the read-side change mattered
+    videos = read_jsonl(tmp_path / "cached" / "videos.jsonl")
+    assert videos[0]["from_cache"] and videos[0]["stream_end"] == pytest.approx(30.0)
+    # a write-side change is a different key: it has to decode the (now broken) video
+    run(tmp_path, "other", settings=dataclasses.replace(SETTINGS, video_tokens=32), memory_cache=cache, progress=None)
+    assert read_jsonl(tmp_path / "other" / "failures.jsonl")[0]["video"] == ref
+    # corrupt and foreign states are noted, recomputed and rewritten
+    video.write_bytes(original)
+    os.utime(video, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    (folders[0] / "t=9.5.session").write_bytes(b"not a session")
+    foreign = StreamSession(model, dataclasses.replace(SETTINGS, video_tokens=32))
+    foreign.feed(frames=[np.zeros((64, 64, 3), np.uint8)], t=[0.0])
+    foreign.save(folders[0] / "t=4.0.session")
+    notes.clear()
+    run(tmp_path, "repaired", settings=reread, memory_cache=cache, progress=notes.append)
+    assert any("other write-side settings; ignored and recomputed" in n for n in notes)
+    assert _key(read_jsonl(tmp_path / "repaired" / "results.jsonl")) == _key(cached)
+    assert StreamSession.load(folders[0] / "t=4.0.session", model).settings.video_tokens == SETTINGS.video_tokens
+    notes.clear()
+    run(tmp_path, "repaired2", settings=reread, memory_cache=cache, progress=notes.append)
+    assert any("from the memory cache" in n for n in notes) and not any("ignored" in n for n in notes)
+    # a key.json that does not match its folder: the folder's states are dropped, nothing is trusted
+    (folders[0] / "key.json").write_text('{"video": "another"}')
+    notes.clear()
+    run(tmp_path, "rekeyed", settings=reread, memory_cache=cache, progress=notes.append)
+    assert any("key.json does not match" in n for n in notes) and not any("from the memory cache" in n for n in notes)
+    assert _key(read_jsonl(tmp_path / "rekeyed" / "results.jsonl")) == _key(cached)
+
+
+def test_questions_after_the_end_are_asked_at_the_end_and_counted(media, model, tmp_path):
+    bench = LateBench(_refs(media)[:1])
+    summary = _run(media, model, tmp_path, bench=bench)
+    rows = {r["qid"]: r for r in read_jsonl(tmp_path / "results.jsonl")}
+    late = rows["v0late"]
+    assert late["asked_at_end"] is True and late["stream_time"] == pytest.approx(30.0) and late["ask_time"] == 45.0
+    assert all(r["asked_at_end"] is False and "stream_time" not in r for q, r in rows.items() if q != "v0late")
+    assert summary["counts"]["asked_after_end"] == 1
+
+
+# accuracy plot, launcher shards, summary keys ---------------------------------------------------------------------
+
+def test_accuracy_plot(full_run, tmp_path):
+    assert (full_run / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [{"qid": "a", "video": "v1", "correct": True, "ask_time": 30.0},
+            {"qid": "b", "video": "v1", "correct": False, "ask_time": None},
+            {"qid": "b", "video": "v1", "correct": True, "ask_time": None},  # duplicate: first kept
+            {"qid": "c", "video": "v2", "correct": True, "ask_time": 900.0, "asked_at_end": True,
+             "stream_time": 700.0},
+            {"qid": "d", "video": "v2", "correct": None, "ask_time": 10.0},  # unjudged
+            {"qid": "e", "video": "v3", "correct": False, "ask_time": 5.0}]  # no length recorded
+    videos = [{"video": "v1", "stream_end": 100.0}, {"video": "v2", "stream_end": 700.0}]
+    tables = accuracy_buckets(rows, videos)
+    assert tables["length"] == {"1-3 min": (1, 2), "10-20 min": (1, 1)}
+    assert tables["ask_time"] == {"<1 min": (1, 2), "1-3 min": (0, 1), "10-20 min": (1, 1)}
+    assert plot_accuracy(rows, videos, tmp_path / "a.png") == tmp_path / "a.png"
+    assert plot_accuracy([{**rows[4]}], videos, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_launcher_environment_gives_shard_and_device():
+    assert launcher_shard({}, 8) is None
+    assert launcher_shard({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, 2) == ((3, 4), "cuda:1")
+    assert launcher_shard({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"}, 0) == ((3, 4), None)
+    assert launcher_shard({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, 1) == ((1, 2), "cuda:0")
+    assert launcher_shard({"RANK": "0", "WORLD_SIZE": "1"}, 1) == ((0, 1), "cuda:0")
+    for env, count in (({"RANK": "4", "WORLD_SIZE": "4"}, 0), ({"RANK": "x", "WORLD_SIZE": "2"}, 0),
+                       ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "3"}, 2)):
+        with pytest.raises(ValueError, match="RANK|LOCAL_RANK"):
+            launcher_shard(env, count)
+
+
+def test_cli_under_a_launcher_runs_its_shard(media, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["eval", str(media / "test.json"), "--benchmark", "synth", "--out", str(out),
+                                 "--model", "tiny-qwen3-vl", "--video-tokens", "64", "--max-pixels", "4096",
+                                 "--bank-step", "32", "--max-new-tokens", "3", "--no-audio", "--method", "likelihood",
+                                 "--device", "cpu"],
+                           env={"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert result.exit_code == 0, result.output
+    assert "shard 1/2" in result.stderr and "1 of 2 shards done" in result.stderr
+    rows = read_jsonl(out / "results.shard-1-of-2.jsonl")
+    loaded = get_benchmark("synth").load(media / "test.json")
+    assert {r["qid"] for r in rows} == {q.qid for v in shard_videos(loaded.videos, (1, 2)) for q in v.questions}
+    assert shards_done(out, 2) == [1]
+
+
+def test_summary_keeps_the_benchmark_names_and_counts_apart(tmp_path):
+    """OVO-Bench's own ``unparseable`` rate and per-task ``counts`` next to the runner's counts."""
+    out = tmp_path / "ovo"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"config": {"benchmark": "ovobench", "method": "generate",
+                                                         "model": {"source": "m"}}, "info": {}}))
+    rows = [{"qid": "1", "video": "a.mp4", "task": "EPM", "fields": {}, "kind": "mcq", "ask_time": 5.0,
+             "answer": "A", "reply": "A", "predicted": "A", "correct": True, "method": "generate",
+             "asked_at_end": False},
+            {"qid": "2", "video": "a.mp4", "task": "EPM", "fields": {}, "kind": "mcq", "ask_time": 99.0,
+             "answer": "B", "reply": "no idea", "predicted": None, "correct": False, "method": "generate",
+             "asked_at_end": True, "stream_time": 60.0}]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = runner.invoke(app, ["eval-merge", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["unparseable"] == 0.5 and summary["counts"]["unparseable"] == 1  # rate (OVO) vs count (runner)
+    assert summary["ovobench_counts"] == {"EPM": 2} and summary["counts"]["answered"] == 2
+    assert summary["counts"]["asked_after_end"] == 1 and summary["overall"] == 50.0
+    assert "counts.unparseable" in result.stdout and "counts.asked_after_end" in result.stdout
+    assert "1 questions have an ask time after the end" in result.stderr
+    assert (out / "accuracy.png").is_file()
