@@ -17,7 +17,7 @@ from avmem.cli import app
 from avmem.eval.benchmarks import Benchmark, BenchQuestion, BenchVideo, Loaded, get_benchmark, macro, micro
 from avmem.eval.run import (READ_SETTINGS, WRITE_SETTINGS, accuracy_buckets, launcher_shard, merge_runs, parse_shard,
                             plot_accuracy, read_jsonl, run_benchmark, shard_videos, shards_done, stream_video,
-                            write_settings)
+                            weights_fingerprint, write_settings)
 from avmem.session import SessionSettings, StreamSession
 from avmem.synth.benchmark import generate
 
@@ -339,6 +339,23 @@ def test_every_session_setting_is_write_or_read_side():
     assert {"reader", "read_tokens", "budget_file", "incremental", "max_new_tokens"} <= set(READ_SETTINGS)
     assert write_settings(dataclasses.replace(SETTINGS, reader="recent")) == write_settings(SETTINGS)
     assert write_settings(dataclasses.replace(SETTINGS, fps=2.0)) != write_settings(SETTINGS)
+
+
+def test_weights_fingerprint_sees_a_changed_weight(model):
+    import torch
+
+    before = weights_fingerprint(model)
+    assert weights_fingerprint(model) == before
+    for part in (model.backbone.model, model.ttt, model.audio):
+        weight = next(part.parameters())
+        with torch.no_grad():
+            old = weight.view(-1)[0].clone()
+            weight.view(-1)[0] += 1.0
+            try:
+                assert weights_fingerprint(model) != before
+            finally:
+                weight.view(-1)[0] = old
+    assert weights_fingerprint(model) == before
 
 
 def test_memory_cache_serves_read_side_sweeps_without_decoding(media, model, tmp_path):
