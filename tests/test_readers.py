@@ -81,7 +81,7 @@ def test_a_new_reader_is_one_class_and_the_session_uses_it(model):
     finally:
         from avmem.memory.kv import readers
 
-        readers._REGISTRY.pop("test-last-rows", None)
+        readers._READERS.unregister("test-last-rows")
 
 
 @pytest.mark.parametrize("name", sorted(BUILT_IN))

@@ -24,13 +24,13 @@ Schema notes:
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ...registry import Registry
 
 LETTERS = "ABCDEFG"
 KINDS = ("mcq", "open", "probe")
@@ -204,39 +204,16 @@ def micro(values: list[bool]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-_REGISTRY: dict[str, type[Benchmark]] = {}
-_LOADED = False
+_BENCHMARKS: Registry[Benchmark] = Registry("benchmark", Benchmark, __name__)
 
 
 def register_benchmark(name: str):
     """Class decorator: register a :class:`Benchmark` subclass under ``name`` (unique)."""
-
-    def wrap(cls: type[Benchmark]) -> type[Benchmark]:
-        if not (isinstance(cls, type) and issubclass(cls, Benchmark)):
-            raise TypeError(f"register_benchmark({name!r}): {cls!r} is not a Benchmark subclass")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"benchmark {name!r} is already registered ({_REGISTRY[name].__qualname__})")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def _load_modules() -> None:
-    global _LOADED
-    if not _LOADED:
-        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-            try:
-                importlib.import_module(f"{__name__}.{info.name}")
-            except Exception as exc:
-                raise ImportError(f"benchmark module {__name__}.{info.name} failed to import: {exc}") from exc
-        _LOADED = True
+    return _BENCHMARKS.register(name)
 
 
 def benchmark_names() -> tuple[str, ...]:
-    _load_modules()
-    return tuple(sorted(_REGISTRY))
+    return _BENCHMARKS.names()
 
 
 def get_benchmark(name: str) -> Benchmark:
@@ -245,7 +222,7 @@ def get_benchmark(name: str) -> Benchmark:
     Raises:
         ValueError: unknown name (the message lists the registered ones).
     """
-    _load_modules()
-    if name not in _REGISTRY:
-        raise ValueError(f"--benchmark must be one of {', '.join(sorted(_REGISTRY))}, got {name!r}")
-    return _REGISTRY[name]()
+    cls = _BENCHMARKS.lookup(name)
+    if cls is None:
+        raise ValueError(f"--benchmark must be one of {', '.join(benchmark_names())}, got {name!r}")
+    return cls()

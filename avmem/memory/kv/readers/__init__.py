@@ -15,14 +15,13 @@ used); :class:`~avmem.session.SessionSettings` and the CLI take the names from :
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 
+from ....registry import Registry
 from ..reader import ReadResult
 from ..reuse import MemoryKV
 from ..selection import AUDIO, TEXT, VISUAL
@@ -129,45 +128,22 @@ def budgets(settings, model) -> "BudgetSchedule":
     return BudgetSchedule.uniform(layers, settings.read_tokens)
 
 
-_REGISTRY: dict[str, type[Reader]] = {}
-_LOADED = False
+_READERS: Registry[Reader] = Registry("reader", Reader, __name__)
 
 
 def register_reader(name: str):
     """Class decorator: register a :class:`Reader` subclass under ``name`` (unique)."""
-
-    def wrap(cls: type[Reader]) -> type[Reader]:
-        if not (isinstance(cls, type) and issubclass(cls, Reader)):
-            raise TypeError(f"register_reader({name!r}): {cls!r} is not a Reader subclass")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"reader {name!r} is already registered ({_REGISTRY[name].__qualname__})")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def _load_modules() -> None:
-    global _LOADED
-    if not _LOADED:
-        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-            try:
-                importlib.import_module(f"{__name__}.{info.name}")
-            except Exception as exc:
-                raise ImportError(f"reader module {__name__}.{info.name} failed to import: {exc}") from exc
-        _LOADED = True
+    return _READERS.register(name)
 
 
 def reader_names() -> tuple[str, ...]:
     """Registered reader names, ``full`` first."""
-    _load_modules()
-    return tuple(sorted(_REGISTRY, key=lambda n: (n != "full", n)))
+    return tuple(sorted(_READERS.names(), key=lambda n: (n != "full", n)))
 
 
 def get_reader(name: str) -> type[Reader]:
     """The reader class registered as ``name``; ValueError listing the names otherwise."""
-    _load_modules()
-    if name not in _REGISTRY:
+    cls = _READERS.lookup(name)
+    if cls is None:
         raise ValueError(f"reader must be one of {reader_names()}, got {name!r}")
-    return _REGISTRY[name]
+    return cls
