@@ -39,6 +39,7 @@ from .memory.bank import (
     SegmentMerge,
     TokenBank,
 )
+from .memory.kv.reader import copy_cache
 from .memory.kv.readers import MemoryKV, MemoryPrompt, get_reader, reader_names
 from .memory.kv.readers import budgets as reader_budgets
 from .memory.ssm import Mamba2State
@@ -665,6 +666,19 @@ class StreamSession:
         logp = [bb.sequence_logprob(cache, logits, next_position, [*self._text_ids(a), bb.tokens.im_end])
                 for a in answers]
         return max(range(len(answers)), key=lambda k: logp[k]), logp
+
+    @_atomic
+    @torch.no_grad()
+    def continuation_logprob(self, question: str, ids: list[int], prefix: str = "") -> tuple[float, bool]:
+        """log p(``ids`` | memory, ``question``, answer ``prefix``) of token ids ``ids`` continuing the answer, and
+        whether greedy decoding produces exactly ``ids`` (lmms-eval's loglikelihood requests)."""
+        if not ids:
+            raise ValueError("continuation_logprob: give at least one token id")
+        bb = self.model.backbone
+        cache, logits, position = self._answer_start(question, prefix)
+        logp = bb.sequence_logprob(cache, logits, position, ids)
+        greedy = bb.decode(copy_cache(cache), logits, position, len(ids)) == list(ids)
+        return logp, greedy
 
     @torch.no_grad()
     def _answer_start(self, question: str, prefix: str = ""):

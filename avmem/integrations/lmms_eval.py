@@ -21,7 +21,6 @@ on first access and needs it. The work itself is done by :class:`VideoQA`, which
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import types
@@ -324,11 +323,4 @@ class VideoQA:
 
     def score_ids(self, session, context: str, ids: list[int]) -> tuple[float, bool]:
         """(log p(ids | memory, context), whether greedy decoding gives exactly ``ids``) from ``session``."""
-        import torch
-
-        bb = self.model.backbone
-        with torch.no_grad():
-            cache, logits, position = session._answer_start(context)
-            logp = bb.sequence_logprob(cache, logits, position, ids)
-            greedy = bb.decode(copy.deepcopy(cache), logits, position, len(ids)) == ids
-        return logp, greedy
+        return session.continuation_logprob(context, ids)
