@@ -501,6 +501,9 @@ def eval_mcq(
                             "there is resumed."),
     shard: str = typer.Option(None, "--shard", help="I/N: this process answers shard I of N (by video); default: "
                               "RANK/WORLD_SIZE under torchrun / accelerate launch, else 0/1."),
+    context_seconds: float = typer.Option(None, "--context-seconds", help="--benchmark: each question reads only "
+                                          "the memory of the last N seconds before it (StreamingBench's context "
+                                          "window; a benchmark's own window applies as well)."),
     memory_cache: str = typer.Option(None, "--memory-cache", help="--benchmark: folder of saved memory states "
                                      "(per video, model, write-side settings, ask time); runs that differ only in "
                                      "reader / read budget / method answer from it without decoding the videos."),
@@ -542,10 +545,10 @@ def eval_mcq(
                            bank_step=bank_step)
     if benchmark is not None:
         _eval_benchmark(benchmark, annotations, video_root, out, shard, model, method or "generate", max_new_tokens,
-                        max_videos, session_options, memory_cache)
+                        max_videos, session_options, memory_cache, context_seconds)
         return
     for name, value in (("--video-root", video_root), ("--out", out), ("--shard", None if shard == "0/1" else shard),
-                        ("--memory-cache", memory_cache)):
+                        ("--memory-cache", memory_cache), ("--context-seconds", context_seconds)):
         if value is not None:
             raise ValueError(f"{name} needs --benchmark (e.g. --benchmark synth)")
     from .eval.mcq import evaluate_mcq, results_to_json, summarize
@@ -572,7 +575,8 @@ def eval_mcq(
 
 def _eval_benchmark(name: str, annotations: str, video_root: str | None, out: str | None, shard_text: str | None,
                     model: str | None, method: str, max_new_tokens: int | None, max_videos: int | None,
-                    session_options: dict, memory_cache: str | None = None) -> None:
+                    session_options: dict, memory_cache: str | None = None,
+                    context_seconds: float | None = None) -> None:
     """``avmem eval --benchmark NAME``: load and check everything before the model loads, then run."""
     import os
     from pathlib import Path
@@ -595,6 +599,8 @@ def _eval_benchmark(name: str, annotations: str, video_root: str | None, out: st
         if launched is not None:
             print(f"avmem: note: started by a launcher: shard {shard[0]}/{shard[1]} on "
                   f"{session_options.get('device')}", file=sys.stderr)
+    if context_seconds is not None and not context_seconds > 0:
+        raise ValueError(f"--context-seconds must be > 0, got {context_seconds}")
     if memory_cache is not None and Path(memory_cache).exists() and not Path(memory_cache).is_dir():
         raise ValueError(f"--memory-cache {memory_cache}: not a folder")
     if not out:
@@ -629,7 +635,8 @@ def _eval_benchmark(name: str, annotations: str, video_root: str | None, out: st
               f"{len(mine & set(missing))} of this run's are recorded in its failures file", file=sys.stderr)
     model_obj, session = _session_for(model, max_new_tokens=max_new_tokens or 64, **session_options)
     summary = run_benchmark(bench, loaded, model_obj, session.settings, out, method=method, shard=shard,
-                            max_videos=max_videos, annotations=path, model_source=model, memory_cache=memory_cache)
+                            max_videos=max_videos, annotations=path, model_source=model, memory_cache=memory_cache,
+                            context_seconds=context_seconds)
     _print_summary(summary, out)
     if shard[1] > 1:
         finished = shards_done(out, shard[1])

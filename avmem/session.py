@@ -630,17 +630,21 @@ class StreamSession:
 
     @_atomic
     @torch.no_grad()
-    def ask(self, question: str, max_new_tokens: int | None = None, prefix: str = "") -> str:
+    def ask(self, question: str, max_new_tokens: int | None = None, prefix: str = "",
+            since: float | None = None) -> str:
         """Answer ``question`` from the memory (greedy decoding). ``prefix`` is put at the start of the answer
-        (a benchmark's prefilled "Best Option: (", say); the return value is what the model wrote after it."""
-        cache, logits, next_position = self._answer_start(question, prefix)
+        (a benchmark's prefilled "Best Option: (", say); the return value is what the model wrote after it.
+        ``since`` (seconds) reads only the memory of the stream from that time on (a benchmark's "last N
+        seconds" context; see :meth:`_windowed`)."""
+        cache, logits, next_position = self._answer_start(question, prefix, since)
         limit = max_new_tokens or self.settings.max_new_tokens
         out = self.model.backbone.decode(cache, logits, next_position, limit)
         return self.model.backbone.tokenizer.decode(out, skip_special_tokens=True).strip()
 
     @_atomic
     @torch.no_grad()
-    def choose(self, question: str, options: list[str], prefix: str = "") -> tuple[int, list[float]]:
+    def choose(self, question: str, options: list[str], prefix: str = "",
+               since: float | None = None) -> tuple[int, list[float]]:
         """Multiple choice by likelihood: the index of the option whose first answer token the model rates
         highest right after ``question`` (and the answer ``prefix``, if any; e.g. options "A".."D" after a
         Video-MME prompt), and the log probabilities of those tokens. Options must start with different tokens."""
@@ -650,7 +654,7 @@ class StreamSession:
         first = [i[0] if i else None for i in ids]
         if None in first or len(set(first)) != len(first):
             raise ValueError(f"choose: options must be non-empty and start with different tokens, got {options}")
-        _, logits, _ = self._answer_start(question, prefix)
+        _, logits, _ = self._answer_start(question, prefix, since)
         logp = torch.log_softmax(logits.float(), dim=-1)[first].tolist()
         return max(range(len(options)), key=lambda k: logp[k]), logp
 
@@ -681,21 +685,48 @@ class StreamSession:
         return logp, greedy
 
     @torch.no_grad()
-    def _answer_start(self, question: str, prefix: str = ""):
-        """Run the memory, ``question`` and the answer ``prefix`` through the session's reader (from the registry
-        of :mod:`avmem.memory.kv.readers`): (cache, logits of the first answer token after the prefix, next
-        position)."""
+    def _answer_start(self, question: str, prefix: str = "", since: float | None = None):
+        """Run the memory (from ``since`` on, if given), ``question`` and the answer ``prefix`` through the
+        session's reader (from the registry of :mod:`avmem.memory.kv.readers`): (cache, logits of the first answer
+        token after the prefix, next position)."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("ask: the question must be a non-empty string")
         if not isinstance(prefix, str):
             raise ValueError(f"ask: the answer prefix must be a string, got {type(prefix).__name__}")
         tail = self._question_tail(question) + (self._text_ids(prefix) if prefix else [])
-        prompt = self._memory_prompt(self._asking_state("ask: "), tail)
+        st = self._asking_state("ask: ")
+        prompt = self._memory_prompt(st if since is None else self._windowed(st, since), tail)
         self._questions += 1
         reader = get_reader(self.settings.reader)(self.settings, self.model)
         result = reader.read(self.model.backbone, prompt, self._memory_kv)
         self._last_read = result.kept
         return result.cache, result.logits, result.next_position
+
+    def _windowed(self, st: SessionState, since: float) -> SessionState:
+        """``st`` with only the memory of the stream from ``since`` seconds on: the video tokens of temporal patches
+        with a frame at or after ``since`` and the audio tokens from ``since`` on. Kept tokens keep their positions
+        in the full layout (the prompt builder leaves out patches with no token held), so the question sees the
+        same rows it would see without the window, minus the older ones.
+
+        Raises:
+            ValueError: ``since`` is not a number >= 0, or nothing of the memory is that recent.
+        """
+        if isinstance(since, bool) or not isinstance(since, (int, float)) or not since >= 0:
+            raise ValueError(f"ask: since must be a time in seconds >= 0, got {since!r}")
+        video, audio = st.video, st.audio
+        if video is not None and len(video):
+            log = st.patches
+            ids = video.ids.cpu().numpy()
+            patch = np.searchsorted(log.first_id, ids, side="right") - 1
+            last_frame = log.times[patch] + 0.5 / self.settings.fps
+            keep = torch.from_numpy(last_frame >= since - 1e-9).to(video.ids.device)
+            video = BankState(tokens=video.tokens[keep], ids=video.ids[keep]) if bool(keep.any()) else None
+        if audio is not None and len(audio):
+            keep = torch.from_numpy(st.audio_log.times(audio.ids.cpu().numpy()) >= since - 1e-9).to(audio.ids.device)
+            audio = BankState(tokens=audio.tokens[keep], ids=audio.ids[keep]) if bool(keep.any()) else None
+        if video is None and audio is None:
+            raise ValueError(f"ask: nothing in the memory is from {since:g} s on (the stream is at {st.last_time} s)")
+        return replace(st, video=video, audio=audio)
 
     def _asking_state(self, where: str = "") -> SessionState:
         """The state with everything pending absorbed, as a question sees it. While nothing was fed since the last

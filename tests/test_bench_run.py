@@ -497,3 +497,26 @@ def test_summary_keeps_the_benchmark_names_and_counts_apart(tmp_path):
     assert "counts.unparseable" in result.stdout and "counts.asked_after_end" in result.stdout
     assert "1 questions have an ask time after the end" in result.stderr
     assert (out / "accuracy.png").is_file()
+
+
+def test_question_windows_combine_the_benchmark_window_and_context_seconds():
+    """question_window: the later of the benchmark's own window and N seconds before the ask time (the end of the
+    stream for end-of-video questions); None when the whole memory is read."""
+    from avmem.eval.benchmarks import BenchQuestion
+    from avmem.eval.benchmarks.streamingbench import StreamingBench
+    from avmem.eval.run import question_window
+
+    class Stream:  # the one thing question_window asks of a session
+        def stats(self):
+            return type("S", (), {"seconds": 50.0})()
+
+    bench = StreamingBench()
+    q = BenchQuestion("q", "v.mp4", "?", ["a", "b"], "A", ask_time=30.0, extra={"window_start": 0.0})
+    assert question_window(Stream(), bench, q) is None
+    assert question_window(Stream(), bench, q, context_seconds=10) == 20.0
+    assert question_window(Stream(), bench, q, context_seconds=60) is None
+    q.extra["window_start"] = 25.0  # e.g. StreamingBench(context_time=5) or a proactive look-back
+    assert question_window(Stream(), bench, q) == 25.0
+    assert question_window(Stream(), bench, q, context_seconds=10) == 25.0
+    end = BenchQuestion("e", "v.mp4", "?", ["a", "b"], "A")
+    assert question_window(Stream(), bench, end, context_seconds=10) == 40.0

@@ -321,3 +321,31 @@ def test_an_answer_prefix_is_part_of_the_prompt(model):
     assert isinstance(s.ask("Which option?", prefix="Best Option: ("), str)
     with pytest.raises(ValueError, match="prefix"):
         s.ask("Which option?", prefix=3)
+
+
+def test_a_window_reads_only_the_recent_memory_at_its_full_layout_positions(model):
+    """ask(..., since=T) reads the memory of the stream from T on: its prompt rows are the full prompt's rows
+    (same embeddings at the same positions) without the older patches' tokens, audio from T on; since=0 is the
+    whole memory; a window with nothing in it is a clear error."""
+    s = StreamSession(model, video_tokens=4096, max_pixels=64 * 64)
+    s.feed(frames=frames(8), t=[float(i) for i in range(8)], audio=tone(8.0), audio_t=0.0)
+    st = s._asking_state()
+    tail = s._question_tail("What?")
+    full = s._memory_prompt(st, tail)
+    whole = s._memory_prompt(s._windowed(st, 0.0), tail)
+    assert torch.equal(whole.embeds, full.embeds) and torch.equal(whole.positions, full.positions)
+    win = s._memory_prompt(s._windowed(st, 4.0), tail)
+    assert 0 < win.embeds.shape[0] < full.embeds.shape[0]
+    rows = {tuple(p): i for i, p in enumerate(full.positions.t().tolist())}
+    for i, p in enumerate(win.positions.t().tolist()):
+        assert torch.equal(win.embeds[i], full.embeds[rows[tuple(p)]])
+    kept = s._windowed(st, 4.0)
+    patch_of = np.searchsorted(st.patches.first_id, kept.video.ids.cpu().numpy(), side="right") - 1
+    assert (st.patches.times[patch_of] + 0.5 >= 4.0).all() and len(kept.video) < len(st.video)
+    if kept.audio is not None:
+        assert (st.audio_log.times(kept.audio.ids.cpu().numpy()) >= 4.0).all()
+    assert isinstance(s.ask("What?", max_new_tokens=2, since=4.0), str)
+    with pytest.raises(ValueError, match="nothing in the memory"):
+        s.ask("What?", since=100.0)
+    with pytest.raises(ValueError, match="since"):
+        s.ask("What?", since=-1)

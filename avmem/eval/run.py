@@ -308,7 +308,7 @@ class MemoryCache:
 
 
 def run_config(bench: Benchmark, annotations: str | Path | None, model, settings: SessionSettings, method: str,
-               shards: int, model_source: str | None = None) -> dict[str, Any]:
+               shards: int, model_source: str | None = None, context_seconds: float | None = None) -> dict[str, Any]:
     """What a run is; a resumed run must have exactly this (``run.json`` ``config``)."""
     spec = model.spec
     ttt = None if spec.ttt is None else {k: v for k, v in spec.ttt.items() if k not in RUNTIME_TTT_KEYS}
@@ -321,6 +321,7 @@ def run_config(bench: Benchmark, annotations: str | Path | None, model, settings
                   "backbone_type": spec.backbone_type, "memory_layer": spec.memory_layer, "ttt": ttt,
                   "random_weights": spec.random_weights},
         "method": method,
+        "context_seconds": context_seconds,
         "settings": asdict(settings),
         "avmem_version": __version__,
         "shards": shards,
@@ -408,27 +409,44 @@ class _Appender:
             os.fsync(fh.fileno())
 
 
+def question_window(session: StreamSession, bench: Benchmark, q: BenchQuestion,
+                    context_seconds: float | None = None) -> float | None:
+    """The stream time from which ``q`` reads the memory: the later of the benchmark's own window
+    (:meth:`Benchmark.window_start`) and ``context_seconds`` before the ask time (the end of the stream for
+    questions without one); None: the whole memory."""
+    starts = [w for w in (bench.window_start(q),) if w is not None and w > 0]
+    if context_seconds is not None:
+        now = q.ask_time if q.ask_time is not None else session.stats().seconds
+        starts.append(max(0.0, float(now) - float(context_seconds)))
+    start = max(starts, default=0.0)
+    return start if start > 0 else None
+
+
 def answer_question(session: StreamSession, bench: Benchmark, q: BenchQuestion, method: str,
-                    max_new_tokens: int | None = None) -> dict[str, Any]:
+                    max_new_tokens: int | None = None, context_seconds: float | None = None) -> dict[str, Any]:
     """Ask ``q`` of ``session`` now (from a flushed copy: the stream is not changed) and score it: the result row.
 
     ``likelihood`` (multiple choice only): the question's own letters ``q.letters`` rated as the first answer
     token after the benchmark's prompt; otherwise (and always for open / probe questions) a generated reply,
-    read with the benchmark's extraction rule.
+    read with the benchmark's extraction rule. The memory read is limited to :func:`question_window` (recorded
+    as ``window_start``).
     """
     start = time.perf_counter()
     prompt = bench.prompt(q)
     prefix = bench.answer_prefix(q)
+    since = question_window(session, bench, q, context_seconds)
     scores = None
     if method == "likelihood" and q.kind == "mcq":
-        index, scores = session.choose(prompt, list(q.letters), prefix=prefix)
+        index, scores = session.choose(prompt, list(q.letters), prefix=prefix, since=since)
         reply, predicted, used = None, q.letters[index], "likelihood"
     else:
-        reply = prefix + session.ask(prompt, max_new_tokens=max_new_tokens, prefix=prefix)
+        reply = prefix + session.ask(prompt, max_new_tokens=max_new_tokens, prefix=prefix, since=since)
         predicted, used = bench.extract(reply, q), "generate"
     row = {"qid": q.qid, "video": q.video, "task": q.task, "fields": q.fields, "kind": q.kind,
            "ask_time": q.ask_time, "answer": q.answer, "reply": reply, "predicted": predicted,
            "correct": bench.correct(predicted, q), "seconds": round(time.perf_counter() - start, 4), "method": used}
+    if since is not None:
+        row["window_start"] = since
     if scores is not None:
         row["scores"] = scores
     return row
@@ -486,13 +504,16 @@ def run_benchmark(bench: Benchmark, loaded: Loaded, model, settings: SessionSett
                   method: str = "generate", shard: tuple[int, int] = (0, 1), max_new_tokens: int | None = None,
                   progress: Callable[[str], None] | None = _stderr, max_videos: int | None = None,
                   annotations: str | Path | None = None, model_source: str | None = None,
-                  video_root: str | Path | None = None, memory_cache: str | Path | None = None) -> dict[str, Any]:
+                  video_root: str | Path | None = None, memory_cache: str | Path | None = None,
+                  context_seconds: float | None = None) -> dict[str, Any]:
     """Answer every question of ``loaded`` (this shard's videos) with ``model`` under ``settings``; see the module
     docstring for the files written to ``out_dir``. Returns the summary (``summary.json``).
 
     Videos whose ``path`` is unset are resolved with ``bench.resolve(loaded, video_root)``. ``max_videos``: only
     the first K videos of this shard. ``progress`` gets one line per video and the memory cache's notes (None:
     silent). ``memory_cache``: a folder of saved session states (:class:`MemoryCache`), read and written.
+    ``context_seconds``: each question reads only the memory of the last N seconds before it (and never more than
+    its benchmark's own window, :func:`question_window`).
 
     A question whose ask time is past the end of the decoded stream is asked at the end: its row has
     ``asked_at_end`` true and ``stream_time`` (the stream's length); every other row has ``asked_at_end`` false.
@@ -515,7 +536,9 @@ def run_benchmark(bench: Benchmark, loaded: Loaded, model, settings: SessionSett
         example = loaded.videos[0].path
         raise ValueError(f"none of the {len(loaded.videos)} videos was found (e.g. {example})")
     out_dir = Path(out_dir)
-    config = run_config(bench, annotations, model, settings, method, shard[1], model_source)
+    if context_seconds is not None and not context_seconds > 0:
+        raise ValueError(f"--context-seconds must be > 0, got {context_seconds}")
+    config = run_config(bench, annotations, model, settings, method, shard[1], model_source, context_seconds)
     info = {"videos": len(loaded.videos), "questions": len(loaded.questions), "defects": loaded.defects,
             "skipped": getattr(bench, "skipped", {}), "device": str(model.device), "started": time.time(),
             "memory_cache": None if memory_cache is None else str(Path(memory_cache).resolve())}
@@ -560,7 +583,7 @@ def run_benchmark(bench: Benchmark, loaded: Loaded, model, settings: SessionSett
         def record(q: BenchQuestion, session: StreamSession, stream_end: float | None) -> None:
             """Answer ``q`` now; ``stream_end``: the stream's length when asked after the whole video was fed."""
             nonlocal answered_now
-            row = answer_question(session, bench, q, method, settings.max_new_tokens)
+            row = answer_question(session, bench, q, method, settings.max_new_tokens, context_seconds)
             beyond = stream_end is not None and q.ask_time is not None and q.ask_time > stream_end
             row["asked_at_end"] = beyond
             if beyond:

@@ -152,6 +152,11 @@ class Benchmark(ABC):
     def prompt(self, q: BenchQuestion) -> str:
         """The text put after the memory for ``q`` (the benchmark's own prompt)."""
 
+    def window_start(self, q: BenchQuestion) -> float | None:
+        """Stream time (s) from which ``q`` may use the video, when the benchmark's protocol shows only a recent
+        clip (StreamingBench's context window, proactive look-back); None: everything up to the ask time."""
+        return None
+
     def answer_prefix(self, q: BenchQuestion) -> str:
         """Text the benchmark pre-fills at the start of the answer (e.g. MLVU's ``Best Option: (``); the model
         continues after it, and extraction reads prefix + continuation. Default: none."""

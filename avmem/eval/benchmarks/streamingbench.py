@@ -141,6 +141,12 @@ class StreamingBench(Benchmark):
     def __init__(self, context_time: int = -1) -> None:
         self.context_time = context_time
 
+    def window_start(self, q: BenchQuestion) -> float | None:
+        """The official clip's start (``extra["window_start"]``): the last ``context_time`` seconds, or the
+        proactive look-back; None when the clip starts at 0 (all context)."""
+        start = float(q.extra.get("window_start") or 0.0)
+        return start if start > 0 else None
+
     # ---------------------------------------------------------------- loading
     def load(self, annotations: Path) -> Loaded:
         path = Path(annotations)
