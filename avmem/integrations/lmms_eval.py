@@ -94,23 +94,17 @@ def _coerce(name: str, value: Any, typ: type, optional: bool) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-    elif typ is int:
+    elif typ in (int, float):
         if isinstance(value, str):
             try:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, int) and not isinstance(value, bool):
+        if typ is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, float) and value.is_integer():
+        if typ is int and isinstance(value, float) and value.is_integer():
             return int(value)
-    elif typ is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif typ is str:
         if isinstance(value, bool):

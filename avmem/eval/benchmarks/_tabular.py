@@ -56,6 +56,21 @@ def read_rows(path: Path, what: str) -> list[dict[str, Any]]:
     return rows
 
 
+def annotation_file(path: Path, names: Iterable[str]) -> Path:
+    """``path`` itself, or for a folder the first of ``names`` (file names inside it) that exists.
+
+    Raises:
+        AnnotationDefect: a folder holding none of them (named by the first).
+    """
+    if not path.is_dir():
+        return path
+    names = list(names)
+    found = next((path / n for n in names if (path / n).is_file()), None)
+    if found is None:
+        raise AnnotationDefect(f"{path}: no {names[0]} in this folder")
+    return found
+
+
 def need(row: dict[str, Any], keys: Iterable[str], item: str) -> None:
     """Raise one line naming ``item`` when ``row`` lacks any of ``keys``."""
     missing = [k for k in keys if k not in row or row[k] is None]

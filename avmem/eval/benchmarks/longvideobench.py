@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import LETTERS, AnnotationDefect, BenchQuestion, BenchVideo, Benchmark, Loaded, register_benchmark
-from ._tabular import question, accuracy, grouped, need, read_rows
+from ._tabular import accuracy, annotation_file, grouped, need, question, read_rows
 
 POST_PROMPT = "Answer with the option's letter from the given choices directly."
 PREFIXES = ("The best answer is", "The correct answer is", "The answer is", "The answer", "The best option is",
@@ -110,11 +110,7 @@ class LongVideoBench(Benchmark):
 
     def load(self, annotations: Path) -> Loaded:
         path = Path(annotations)
-        if path.is_dir():
-            found = [p for p in (path / "lvb_val.json", path / "validation-00000-of-00001.parquet") if p.is_file()]
-            if not found:
-                raise AnnotationDefect(f"{path}: no lvb_val.json in this folder")
-            path = found[0]
+        path = annotation_file(path, ("lvb_val.json", "validation-00000-of-00001.parquet"))
         rows = read_rows(path, "LongVideoBench")
         if not rows:
             raise AnnotationDefect(f"{path}: no questions")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import AnnotationDefect, BenchQuestion, BenchVideo, Benchmark, Loaded, register_benchmark
-from ._tabular import (accuracy, cues_at, cues_until, grouped, need, parse_srt, question, read_rows,
+from ._tabular import (accuracy, annotation_file, cues_at, cues_until, grouped, need, parse_srt, question, read_rows,
                        strip_letter_prefixes)
 
 DURATIONS = ("short", "medium", "long")
@@ -84,11 +84,7 @@ class VideoMME(Benchmark):
 
     def load(self, annotations: Path) -> Loaded:
         path = Path(annotations)
-        if path.is_dir():
-            found = [p for p in (path / PARQUET, path / Path(PARQUET).name) if p.is_file()]
-            if not found:
-                raise AnnotationDefect(f"{path}: no {PARQUET} in this folder")
-            path = found[0]
+        path = annotation_file(path, (PARQUET, Path(PARQUET).name))
         rows = _flat_rows(read_rows(path, "Video-MME"), path)
         if not rows:
             raise AnnotationDefect(f"{path}: no questions")
