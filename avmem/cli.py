@@ -152,7 +152,6 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
 
     get_reader(reader)  # an unknown reader fails before the model loads, listing the registered names
 
-    import torch
 
     if not model_name:
         raise ValueError("choose a model with --model: the official release folder, an avmem folder, a Qwen2.5-VL / "

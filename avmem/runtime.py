@@ -5,6 +5,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 _M_MMAP_THRESHOLD = -3
 
@@ -71,7 +75,7 @@ def resolve_device(device: str | None = "auto"):
     return dev
 
 
-def resolve_dtype(dtype: str | None) -> "torch.dtype | None":
+def resolve_dtype(dtype: str | None) -> torch.dtype | None:
     """The weights' dtype for a ``--dtype`` value: ``auto`` (None) keeps each model's own (a checkpoint's stored
     precision, bfloat16 for the ``random-*`` presets, float32 for ``tiny-*``), else float32 / bfloat16 / float16.
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .backbones.qwen import deepstack_slice, resize_frames_tensor
+from .backbones.qwen import resize_frames_tensor
 from .media import smart_resize
 from .memory.bank import (
     BankState,
@@ -39,7 +39,7 @@ from .memory.bank import (
     SegmentMerge,
     TokenBank,
 )
-from .memory.kv.reader import copy_cache
+from .memory.kv.reuse import shallow_copy
 from .memory.kv.readers import MemoryKV, MemoryPrompt, get_reader, reader_names
 from .memory.kv.readers import budgets as reader_budgets
 from .memory.ssm import Mamba2State
@@ -254,9 +254,11 @@ _OOM = (torch.OutOfMemoryError, MemoryError)
 
 
 RUNTIME_TTT_KEYS = ("fast", "fast_fp32")  # how the TTT layer runs, not what it computes
+ANSWER_STEPS = ("ask", "choose", "score_answers", "continuation_logprob")  # the asking steps (out-of-memory hints)
+TOKEN_CACHE_ENTRIES = 1 << 15  # tokenized timestamps kept per session (more than a full memory's patches)
 
 
-def _without_runtime(ttt: dict | None) -> dict | None:
+def without_runtime(ttt: dict | None) -> dict | None:
     """A TTT configuration without its execution-path fields (sessions move between devices and paths)."""
     return None if ttt is None else {k: v for k, v in ttt.items() if k not in RUNTIME_TTT_KEYS}
 
@@ -351,8 +353,8 @@ class StreamSession:
                                              f"{s.audio_tokens}) or read with a chunked reader (--reader pd, omnimem, "
                                              f"...) and a smaller read_chunk (now {s.read_chunk})"),
         }
-        stage = self._oom_stage or ("answer" if step in ("ask", "choose", "score_answers") else None)
-        doing = "answering" if step in ("ask", "choose", "score_answers") else "feeding"
+        stage = self._oom_stage or ("answer" if step in ANSWER_STEPS else None)
+        doing = "answering" if step in ANSWER_STEPS else "feeding"
         if stage is None:
             what, lower = "ingestion", ("vision_patches, audio_pieces, chunk_frames or max_pixels (now "
                                         f"{s.vision_patches}, {s.audio_pieces}, {s.chunk_frames}, {s.max_pixels})")
@@ -604,9 +606,13 @@ class StreamSession:
         return self.model.backbone.tokenizer(text, add_special_tokens=False).input_ids
 
     def _cached_ids(self, text: str) -> list[int]:
-        """:meth:`_text_ids` of a text that recurs (timestamps, turn headers), tokenized once per session."""
+        """:meth:`_text_ids` of a text that recurs (timestamps, turn headers), tokenized once per session; the
+        cache holds at most :data:`TOKEN_CACHE_ENTRIES` texts (the oldest go first), so it does not grow with the
+        stream."""
         ids = self._token_ids.get(text)
         if ids is None:
+            if len(self._token_ids) >= TOKEN_CACHE_ENTRIES:
+                del self._token_ids[next(iter(self._token_ids))]
             ids = self._token_ids[text] = self._text_ids(text)
         return ids
 
@@ -681,7 +687,7 @@ class StreamSession:
         bb = self.model.backbone
         cache, logits, position = self._answer_start(question, prefix)
         logp = bb.sequence_logprob(cache, logits, position, ids)
-        greedy = bb.decode(copy_cache(cache), logits, position, len(ids)) == list(ids)
+        greedy = bb.decode(shallow_copy(cache), logits, position, len(ids)) == list(ids)
         return logp, greedy
 
     @torch.no_grad()
@@ -904,7 +910,7 @@ class StreamSession:
     def _model_fingerprint(self) -> dict:
         spec = self.model.spec
         return {"backbone_type": spec.backbone_type, "hidden_size": self.model.hidden_size,
-                "ttt": _without_runtime(spec.ttt), "audio": spec.audio, "vocab": len(self.model.backbone.tokenizer)}
+                "ttt": without_runtime(spec.ttt), "audio": spec.audio, "vocab": len(self.model.backbone.tokenizer)}
 
     def save(self, path: str | Path) -> Path:
         """Write the whole memory state (exact round trip with :meth:`load`)."""
@@ -950,7 +956,7 @@ class StreamSession:
             raise ValueError(f"{path}: unsupported session format {fmt!r}")
         try:
             session = cls(model, SessionSettings(**meta["settings"]))
-            saved_model = dict(meta["model"], ttt=_without_runtime(meta["model"].get("ttt")))
+            saved_model = dict(meta["model"], ttt=without_runtime(meta["model"].get("ttt")))
             if saved_model != session._model_fingerprint():
                 raise ValueError(f"{path}: saved with a different model ({meta['model']['backbone_type']}, hidden "
                                  f"{meta['model']['hidden_size']}); load it with the model it was made with")

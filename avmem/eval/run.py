@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..session import RUNTIME_TTT_KEYS, SESSION_FORMAT, DeviceMemoryError, SessionSettings, StreamSession
+from ..session import SESSION_FORMAT, DeviceMemoryError, SessionSettings, StreamSession, without_runtime
 from .benchmarks import Benchmark, BenchQuestion, BenchVideo, Loaded, get_benchmark, micro
 
 RUN_FORMAT = "avmem-eval-run/1"
@@ -214,8 +214,7 @@ class MemoryCache:
         self.model_key = {"source": model_source or model.source,
                           "dtype": str(model.backbone.dtype).replace("torch.", ""),
                           "backbone_type": spec.backbone_type, "memory_layer": spec.memory_layer,
-                          "ttt": None if spec.ttt is None else {k: v for k, v in spec.ttt.items()
-                                                                if k not in RUNTIME_TTT_KEYS},
+                          "ttt": without_runtime(spec.ttt),
                           "weights": weights_fingerprint(model)}
         self.note = note or (lambda line: None)
 
@@ -311,7 +310,7 @@ def run_config(bench: Benchmark, annotations: str | Path | None, model, settings
                shards: int, model_source: str | None = None, context_seconds: float | None = None) -> dict[str, Any]:
     """What a run is; a resumed run must have exactly this (``run.json`` ``config``)."""
     spec = model.spec
-    ttt = None if spec.ttt is None else {k: v for k, v in spec.ttt.items() if k not in RUNTIME_TTT_KEYS}
+    ttt = without_runtime(spec.ttt)
     return {
         "format": RUN_FORMAT,
         "benchmark": bench.name,
@@ -414,11 +413,10 @@ def question_window(session: StreamSession, bench: Benchmark, q: BenchQuestion,
     """The stream time from which ``q`` reads the memory: the later of the benchmark's own window
     (:meth:`Benchmark.window_start`) and ``context_seconds`` before the ask time (the end of the stream for
     questions without one); None: the whole memory."""
-    starts = [w for w in (bench.window_start(q),) if w is not None and w > 0]
+    start = bench.window_start(q) or 0.0
     if context_seconds is not None:
         now = q.ask_time if q.ask_time is not None else session.stats().seconds
-        starts.append(max(0.0, float(now) - float(context_seconds)))
-    start = max(starts, default=0.0)
+        start = max(start, float(now) - float(context_seconds))
     return start if start > 0 else None
 
 

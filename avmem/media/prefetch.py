@@ -106,11 +106,6 @@ class Prefetch(Generic[T]):
             except queue.Empty:
                 break
 
-    @property
-    def alive(self) -> bool:
-        """The producer thread is still running."""
-        return self._thread.is_alive()
-
     def __enter__(self) -> Prefetch[T]:
         return self
 

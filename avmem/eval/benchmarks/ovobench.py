@@ -203,10 +203,6 @@ class OVOBench(Benchmark):
                                      ask_time=t, task=task, fields={**fields, "probe": k}, extra=extra))
         return out
 
-    def video_path(self, root: Path, video: BenchVideo) -> Path:
-        """``root / video`` with ``root`` the dataset's ``src_videos/`` folder (names may contain ``&``)."""
-        return Path(root) / video.ref
-
     def times_beyond(self, video: BenchVideo, duration: float, tolerance: float = 1.0) -> list[str]:
         """Question ids of ``video`` asked after ``duration`` + ``tolerance`` seconds (the official clips end at
         ``min(ceil(realtime), duration)``, so such a probe would see the whole video; the runner can report them)."""

@@ -253,8 +253,7 @@ class StreamingBench(Benchmark):
         t = parse_timestamp(item.get("time_stamp"), qid)
         return BenchQuestion(qid=qid, video=ref, question=question, options=options, answer=answer.strip(),
                              kind="mcq", ask_time=float(t), task=task, fields=fields,
-                             extra={"time_stamp": item["time_stamp"], "window_start": self._window(t),
-                                    "lettered": lettered})
+                             extra={"time_stamp": item["time_stamp"], "window_start": self._window(t)})
 
     def _proactive(self, qid: str, ref: str, task: str, item: dict, fields: dict) -> list[BenchQuestion]:
         question, output = item.get("question"), item.get("ground_truth_output")
@@ -278,11 +277,6 @@ class StreamingBench(Benchmark):
                                          answer=output, kind="probe", ask_time=float(t), task=task,
                                          fields={**base, "role": role, "poll_time": float(t)}, extra=dict(extra)))
         return out
-
-    def video_path(self, root: Path, video: BenchVideo) -> Path:
-        """``root / video_path`` (the file's ``./videos/...`` with ``./`` dropped): ``--video-root`` is the folder
-        the official scripts run in (``src/data``, holding ``videos/``)."""
-        return Path(root) / video.ref
 
     # ---------------------------------------------------------------- prompts
     def prompt(self, q: BenchQuestion, history: dict[str, str] | None = None) -> str:

@@ -51,8 +51,6 @@ def extract_videomme_official(reply: str, letters: str = "ABCD") -> str | None:
     for prefix in PREFIXES:
         text = text.replace(prefix, "")
     found = re.search(f"[{letters}]", text)
-    if len(text.split()) > 10 and found is None:
-        return None
     return found.group(0) if found else None
 
 

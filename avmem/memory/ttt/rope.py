@@ -73,12 +73,7 @@ def rope_cis(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype 
     Returns:
         complex tensor [..., d_h/2].
     """
-    dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    f_t, f_h, f_w = (f.to(positions.device) for f in band_frequencies(head_dim, theta, dtype))
-    pos = positions.to(dtype)
-    angles = torch.cat(
-        [pos[..., 0:1] * f_t, pos[..., 1:2] * f_h, pos[..., 2:3] * f_w], dim=-1
-    )
+    angles = rope_angles(positions, head_dim, theta, dtype)
     return torch.polar(torch.ones_like(angles), angles)
 
 
