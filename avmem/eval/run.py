@@ -177,16 +177,20 @@ def weights_fingerprint(model, samples: int = 64) -> str:
     return digest.hexdigest()
 
 
-def _fsync_replace(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
+def atomic_write(path: Path, write: Callable[[Path], Any], fsync: bool = False, suffix: str = ".tmp") -> None:
+    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file beside it (named per process, ending in
+    ``suffix``), optionally fsynced, then renamed over ``path`` (readers see the old or the new file, never half)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{suffix}")
+    write(tmp)
+    if fsync:
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    _fsync_replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, sort_keys=True)), fsync=True)
 
 
 class MemoryCache:
@@ -279,9 +283,7 @@ class MemoryCache:
     def save(self, folder: Path, name: str, session: StreamSession) -> None:
         """``session``'s state as ``folder / name.session`` (atomically)."""
         path = folder / f"{name}.session"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        session.save(tmp)
-        _fsync_replace(tmp, path)
+        atomic_write(path, session.save, fsync=True)
 
     def save_end(self, folder: Path, last_item: float, stream_end: float) -> None:
         _atomic_json(folder / "end.json", {"last_item": last_item, "stream_end": stream_end})
@@ -367,9 +369,7 @@ def _get(d: dict, dotted: str) -> Any:
 
 def _write_json(path: Path, data: Any) -> None:
     """Write atomically (other shards may read or write the same file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str)))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -560,9 +560,7 @@ def run_benchmark(bench: Benchmark, loaded: Loaded, model, settings: SessionSett
         """A video that failed before and now went through: drop its failure lines (this shard's own file)."""
         if failed.pop(video.ref, None) is not None:
             keep = [f for f in read_jsonl(fail_path) if f["video"] != video.ref]
-            tmp = fail_path.with_name(f".{fail_path.name}.tmp")
-            tmp.write_text("".join(json.dumps(f) + "\n" for f in keep))
-            os.replace(tmp, fail_path)
+            atomic_write(fail_path, lambda tmp: tmp.write_text("".join(json.dumps(f) + "\n" for f in keep)))
 
     started, streamed, answered_now, worked = time.perf_counter(), 0.0, 0, 0
     for k, video in enumerate(mine):
@@ -800,10 +798,8 @@ def plot_accuracy(rows: list[dict], videos: list[dict], path: str | Path, title:
     fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100), suffix=".tmp.png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
