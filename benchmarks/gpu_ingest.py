@@ -196,7 +196,8 @@ def measure(model, quick: bool = False, file_fps: int | None = None) -> list[dic
         profiled = run_file(model, short_clip, settings, profile=True)
     label = "36 s" if quick else "30 min"
     row(f"x real time, {label} file, decode included", f"{long['x']:.0f}x ({long['elapsed']:.1f} s for "
-        f"{long['seconds']:.0f} s, {long['frames']} frames)", f">= {TARGET_X:.0f}x", long["x"] >= TARGET_X)
+        f"{long['seconds']:.0f} s, {long['frames']} frames)", "" if quick else f">= {TARGET_X:.0f}x",
+        None if quick else long["x"] >= TARGET_X)  # the speed target is for the 8B model on an H200
     row(f"x real time, {'12 s' if quick else '3 min'} file", f"{short['x']:.0f}x ({short['elapsed']:.1f} s)", "")
     scale = 300.0 / profiled["seconds"]
     stages = profiled["stages"]
