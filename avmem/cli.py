@@ -323,8 +323,14 @@ def stream(
     timeout: float = typer.Option(10.0, help="Seconds to wait for data before giving up."),
     device: str = DEVICE_OPT,
     dtype: str = DTYPE_OPT,
+    server: str = typer.Option(None, "--server", help="An avmem server URL (avmem serve): the session runs "
+                               "there (a local file is uploaded); API key from $AVMEM_API_KEY."),
 ) -> None:
     """Watch a live source; each line typed on stdin is a question answered from the memory so far."""
+    if server:
+        from .serve.cli import stream_via_server
+
+        return stream_via_server(url, server)
     import threading
 
     from .media import LiveSource
@@ -772,6 +778,11 @@ def train(
 def version() -> None:
     """Print the avmem version."""
     print(__version__)
+
+
+from .serve.cli import serve_command  # noqa: E402 - the serve command's code lives in avmem/serve
+
+app.command("serve")(user_errors(serve_command))
 
 
 def main() -> None:

@@ -292,6 +292,88 @@ def _atomic(fn):
     return run
 
 
+class AnswerStream:
+    """Greedy decoding from a prefilled cache, one token per step, as text pieces (:meth:`StreamSession.ask_stream`).
+
+    Attributes:
+        tokens: ids generated so far.
+        hit_limit: True once generation stopped at ``max_new_tokens`` (not at an end-of-turn token).
+    """
+
+    def __init__(self, backbone, cache, logits: Tensor, position: int, max_new_tokens: int) -> None:
+        self._bb, self._cache, self._logits, self._position = backbone, cache, logits, position
+        self._limit = int(max_new_tokens)
+        self._sent = ""
+        self._done = False
+        self.tokens: list[int] = []
+        self.hit_limit = False
+
+    def __iter__(self) -> AnswerStream:
+        return self
+
+    def _step(self) -> bool:
+        """Generate one token; False at the end (end-of-turn token or the length limit)."""
+        bb = self._bb
+        if len(self.tokens) >= self._limit:
+            self.hit_limit = True
+            return False
+        tok = int(torch.argmax(self._logits))
+        if tok in bb.tokens.eos:
+            return False
+        self.tokens.append(tok)
+        with torch.no_grad():
+            emb = bb.embed(torch.tensor([tok], device=bb.device))
+            pos = torch.full((3, 1), self._position, dtype=torch.long, device=bb.device)
+            self._logits = bb.forward_embeds(emb, pos, self._cache, None, None)
+        self._position += 1
+        return True
+
+    def __next__(self) -> str:
+        while not self._done:
+            self._done = not self._step()
+            text = self._bb.tokenizer.decode(self.tokens, skip_special_tokens=True).strip()
+            if not self._done and text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next token
+                continue
+            if text.startswith(self._sent) and len(text) > len(self._sent):
+                piece, self._sent = text[len(self._sent):], text
+                return piece
+        raise StopIteration
+
+    def text(self) -> str:
+        """Everything generated so far (the whole answer once iteration has ended)."""
+        return self._sent
+
+
+def _same_tensors(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> bool:
+    """True when both tuples hold the very same tensor objects."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+class _RepeatMemo:
+    """Work a session reuses for repeated frames: the last fed frame's array and its budget-sized tensor, and the
+    last temporal patch's frames and vision features. A memo only (pure functions of its keys while the vision
+    tower is frozen), so it is not part of the session state."""
+
+    def __init__(self) -> None:
+        self.source: np.ndarray | None = None
+        self.tensor: Tensor | None = None
+        self.patch: tuple[tuple[Tensor, ...], object] | None = None
+
+    def fitted_for(self, image: np.ndarray) -> Tensor | None:
+        """The tensor of ``image`` when it is the array fed last, else None."""
+        return self.tensor if image is self.source and self.tensor is not None else None
+
+    def fitted(self, image: np.ndarray, tensor: Tensor) -> Tensor:
+        """Remember ``tensor`` as ``image``'s; returns the previous tensor instead when it holds the same pixels
+        (an identical frame decoded again), so identical frames share one tensor object."""
+        last = self.tensor
+        if last is not None and last is not tensor and last.shape == tensor.shape and last.device == tensor.device \
+                and torch.equal(last, tensor):
+            tensor = last
+        self.source, self.tensor = image, tensor
+        return tensor
+
+
 class StreamSession:
     """A live memory over one stream.
 
@@ -889,6 +971,66 @@ class StreamSession:
             deepstack = st.video.tokens[v_order_t.to(st.video.tokens.device), 1:].to(device).permute(1, 0, 2).contiguous()
         visual = kind_t == 1
         return (embeds, pos_t.view(3, length), visual, deepstack, kind_t != 0, len(tail), pos + len(tail))
+
+    # serving: shared vision-tower calls across sessions, answers token by token --------------------------
+
+    @_atomic
+    def stage_frames(self, frames: list[np.ndarray], times: list[float]) -> None:
+        """Add frames (RGB uint8 [H, W, 3] at increasing times ``t`` s) exactly as :meth:`feed` does, but leave
+        complete chunks pending: :meth:`ready_frames` says how many can be taken, and
+        :func:`avmem.serve.batching.absorb_together` runs the vision tower on several sessions' chunks in shared
+        calls, then :meth:`absorb_patches` finishes each session. A frame of a new size still absorbs the frames
+        of the previous size at once (a chunk holds one size). Atomic, like :meth:`feed`."""
+        if len(frames) != len(times):
+            raise ValueError(f"stage_frames: {len(frames)} frames need as many times, got {len(times)}")
+        start = time.perf_counter()
+        settings = self.settings
+        self.settings = replace(settings, chunk_frames=1 << 62)  # _add_frame's own checks, without its absorb
+        try:
+            for t, frame in zip(times, frames):
+                self._add_frame(float(t), frame)
+        finally:
+            self.settings = settings
+            self._busy_seconds += time.perf_counter() - start
+
+    def ready_frames(self) -> int:
+        """Pending frames that fill whole chunks of ``chunk_frames`` (taken by :meth:`absorb_patches`)."""
+        return len(self.state.pending_frames) // self.settings.chunk_frames * self.settings.chunk_frames
+
+    def pending_pixels(self, n: int) -> Tensor:
+        """The first ``n`` pending frames, resized to the pixel budget: uint8 [n, h, w, 3] on the model's device."""
+        pending = self.state.pending_frames
+        if not 0 < n <= len(pending):
+            raise ValueError(f"pending_pixels: n must be in 1 .. {len(pending)}, got {n}")
+        return torch.stack([f for _, f in pending[:n]])
+
+    @_atomic
+    @torch.no_grad()
+    def absorb_patches(self, patches: list) -> None:
+        """TTT + video bank on the vision features of the first ``2 * len(patches)`` pending frames
+        (``patches``: the backbone's ``encode_frames`` output on :meth:`pending_pixels`, one PatchFeatures per
+        2 frames), as the session's own absorb would do after its tower calls. Atomic."""
+        n = 2 * len(patches)
+        if not patches or n > len(self.state.pending_frames):
+            raise ValueError(f"absorb_patches: {len(patches)} patches need {n} pending frames, "
+                             f"{len(self.state.pending_frames)} are pending")
+        start = time.perf_counter()
+        self.state = self._absorb_tokens(self.state, n, patches)
+        self._busy_seconds += time.perf_counter() - start
+
+    @_atomic
+    @torch.no_grad()
+    def _open_answer(self, question: str, prefix: str, since: float | None):
+        return self._answer_start(question, prefix, since)
+
+    def ask_stream(self, question: str, max_new_tokens: int | None = None, prefix: str = "",
+                   since: float | None = None) -> AnswerStream:
+        """:meth:`ask` as it is generated: an iterator of text pieces (joined, they equal ``ask(...)``; leading and
+        trailing whitespace is held back). The memory is read here (ValueError as :meth:`ask`); each next piece
+        costs one or more decoding steps, so a consumer that stops iterating stops generation. Asking never
+        changes the memory."""
+        cache, logits, position = self._open_answer(question, prefix, since)
+        return AnswerStream(self.model.backbone, cache, logits, position, max_new_tokens or self.settings.max_new_tokens)
 
     # telemetry and persistence ----------------------------------------------------------------------
 

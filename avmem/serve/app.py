@@ -1,0 +1,560 @@
+"""The HTTP API: ``create_app(config, model=None) -> FastAPI`` (see docs/serving.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import math
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..media import MediaError
+from .config import KeyRing, ServeConfig
+from .manager import LimitError, NotFound, SessionManager, SourceSpec, save_upload_to_temp
+from .metrics import render_metrics
+from .policy import PolicyError, check_container, check_source, is_live_url
+from .push import PushedFrame, PushError, parse_message
+
+log = logging.getLogger("avmem.serve")
+STATIC = Path(__file__).parent / "static"
+MULTIPART_SLACK = 64 * 1024  # form fields and boundaries around an uploaded file
+MAX_JSON_BYTES = 1 << 20
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"message", "type", "code"}}`` with an HTTP status."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+def _presented_key(headers, query=None) -> str | None:
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    if headers.get("x-api-key"):
+        return headers.get("x-api-key").strip()
+    if query is not None and query.get("api_key"):
+        return query.get("api_key")
+    return None
+
+
+async def _json_body(request: Request) -> dict:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_JSON_BYTES:
+        raise ApiError(413, f"JSON body over {MAX_JSON_BYTES} bytes")
+    raw = await request.body()
+    if len(raw) > MAX_JSON_BYTES:
+        raise ApiError(413, f"JSON body over {MAX_JSON_BYTES} bytes")
+    try:
+        body = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+def _field(body: dict, name: str, kinds: tuple, default=None, required: bool = False):
+    if name not in body or body[name] is None:
+        if required:
+            raise ApiError(400, f"'{name}' is required")
+        return default
+    value = body[name]
+    if isinstance(value, bool) and bool not in kinds:
+        raise ApiError(400, f"'{name}' must be {' or '.join(k.__name__ for k in kinds)}")
+    if not isinstance(value, kinds):
+        raise ApiError(400, f"'{name}' must be {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
+    return value
+
+
+def _question(body: dict) -> str:
+    q = _field(body, "question", (str,), required=True)
+    if not q.strip() or len(q) > 8192:
+        raise ApiError(400, "'question' must be non-empty and at most 8192 characters")
+    return q
+
+
+def _since(body: dict) -> float | None:
+    since = _field(body, "since", (int, float))
+    if since is not None and not (math.isfinite(since) and since >= 0):
+        raise ApiError(400, "'since' must be a number of seconds >= 0")
+    return since
+
+
+def create_app(config: ServeConfig, model=None) -> FastAPI:
+    """The avmem server as a FastAPI app: one shared model (loaded from ``config.model`` when not given), a
+    :class:`SessionManager` (``app.state.manager``) started and stopped with the app's lifespan, the API of
+    docs/serving.md, and the web page from ``avmem/serve/static`` at ``/``.
+
+    Raises:
+        ValueError: bad settings (``ServeConfig.check``; binding checks apply to ``avmem serve``).
+    """
+    config.check()
+    if model is None:
+        from ..cli import _quiet_transformers
+        from ..model import load_model
+        from ..runtime import resolve_device, resolve_dtype
+
+        _quiet_transformers()
+        model = load_model(config.model, device=resolve_device(config.device), dtype=resolve_dtype(config.dtype))
+    manager = SessionManager(config, model)
+    keys = KeyRing(config.api_keys)
+    model_id = str(config.model)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await asyncio.to_thread(manager.start)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(manager.stop)
+
+    app = FastAPI(title="avmem", version="1", lifespan=lifespan)
+    app.state.manager = manager
+    app.state.config = config
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request, exc: ApiError):
+        return _error(exc.status, exc.message, exc.kind)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    def owner_of(request: Request) -> str:
+        owner = keys.owner(_presented_key(request.headers))
+        if owner is None:
+            raise ApiError(401, "missing or invalid API key (Authorization: Bearer KEY)", "authentication_error")
+        return owner
+
+    def session_of(request: Request, sid: str):
+        owner = owner_of(request)
+        try:
+            return manager.get(sid, owner)
+        except NotFound:
+            raise ApiError(404, f"no session {sid!r}", "not_found_error") from None
+
+    def create_session(owner: str, spec: SourceSpec, settings, temp_file: str | None = None, hidden: bool = False):
+        if settings is not None and not isinstance(settings, dict):
+            raise ApiError(400, "'settings' must be a JSON object")
+        try:
+            return manager.create(owner, spec, settings, hidden=hidden, temp_file=temp_file)
+        except LimitError as exc:
+            raise ApiError(429, str(exc), "rate_limit_error") from None
+        except PolicyError as exc:
+            raise ApiError(403, str(exc), "permission_error") from None
+        except MediaError as exc:
+            raise ApiError(422, str(exc).splitlines()[0]) from None
+        except ValueError as exc:
+            raise ApiError(400, str(exc).splitlines()[0]) from None
+
+    async def save_upload(request: Request, stream) -> str:
+        limit = config.max_upload_bytes
+
+        async def chunks():
+            async for chunk in stream:
+                yield chunk
+
+        pieces, size, head = [], 0, b""
+        import os
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="avmem-upload-", suffix=".media")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in chunks():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ApiError(413, f"upload over the limit of {limit} bytes")
+                    if len(head) < 512:
+                        head += chunk[:512 - len(head)]
+                    f.write(chunk)
+            if size == 0:
+                raise ApiError(400, "the upload is empty")
+            check_container(head)
+        except PolicyError as exc:
+            Path(path).unlink(missing_ok=True)
+            raise ApiError(415, str(exc)) from None
+        except BaseException:
+            Path(path).unlink(missing_ok=True)
+            raise
+        del pieces
+        return path
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_id, "sessions": len(manager.list(None)),
+                "queue_depth": manager.queue_depth()}
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        owner_of(request)
+        return PlainTextResponse(render_metrics(manager), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        owner_of(request)
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "avmem"}]}
+
+    @app.post("/v1/sessions", status_code=201)
+    async def create(request: Request):
+        owner = owner_of(request)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "application/json":
+            body = await _json_body(request)
+            settings = body.get("settings")
+            if _field(body, "push", (bool,), False):
+                if body.get("source") is not None:
+                    raise ApiError(400, "give either 'source' or 'push', not both")
+                e = create_session(owner, SourceSpec("push", None, True), settings)
+            else:
+                source = _field(body, "source", (str,), required=True)
+                try:
+                    checked, is_url = await asyncio.to_thread(check_source, source, config)
+                except PolicyError as exc:
+                    raise ApiError(403, str(exc), "permission_error") from None
+                live = _field(body, "live", (bool,), is_url and is_live_url(checked))
+                spec = SourceSpec("url" if is_url else "file", checked, bool(live))
+                e = await asyncio.to_thread(create_session, owner, spec, settings)
+        elif ctype == "multipart/form-data":
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                raise ApiError(411, "a multipart upload needs a Content-Length")
+            if int(length) > config.max_upload_bytes + MULTIPART_SLACK:
+                raise ApiError(413, f"upload over the limit of {config.max_upload_bytes} bytes")
+            form = await request.form(max_files=1, max_fields=8)
+            try:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise ApiError(400, "the multipart form needs a 'file' part")
+                settings = _form_json(form.get("settings"))
+                live = str(form.get("live", "false")).lower() in ("1", "true", "yes")
+
+                async def read_parts():
+                    while True:
+                        chunk = await upload.read(1 << 20)
+                        if not chunk:
+                            return
+                        yield chunk
+
+                path = await save_upload(request, read_parts())
+            finally:
+                await form.close()
+            e = await asyncio.to_thread(create_session, owner, SourceSpec("upload", path, live), settings, path)
+        elif ctype.startswith(("video/", "audio/")) or ctype == "application/octet-stream":
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > config.max_upload_bytes:
+                raise ApiError(413, f"upload over the limit of {config.max_upload_bytes} bytes")
+            path = await save_upload(request, request.stream())
+            settings = _form_json(request.query_params.get("settings"))
+            live = request.query_params.get("live", "false").lower() in ("1", "true", "yes")
+            e = await asyncio.to_thread(create_session, owner, SourceSpec("upload", path, live), settings, path)
+        else:
+            raise ApiError(415, "send JSON {\"source\": URL} or {\"push\": true}, a multipart form with a 'file', or "
+                                "the media itself as video/*, audio/* or application/octet-stream")
+        return {"id": e.id, "status": e.status}
+
+    @app.get("/v1/sessions")
+    async def list_sessions(request: Request):
+        owner = owner_of(request)
+        return {"sessions": [manager.describe(e) for e in manager.list(None if not keys.enabled else owner)]}
+
+    @app.get("/v1/sessions/{sid}")
+    async def stats(request: Request, sid: str):
+        return manager.describe(session_of(request, sid))
+
+    @app.delete("/v1/sessions/{sid}")
+    async def delete(request: Request, sid: str):
+        e = session_of(request, sid)
+        await asyncio.to_thread(manager.close, e.id, None)
+        return {"id": sid, "deleted": True}
+
+    @app.post("/v1/sessions/{sid}/snapshot")
+    async def snapshot(request: Request, sid: str):
+        e = session_of(request, sid)
+        if not config.snapshot_dir:
+            raise ApiError(409, "the server has no --snapshot-dir")
+        path = await asyncio.wrap_future(manager.call(lambda: manager.snapshot_now(e)))
+        return {"id": sid, "snapshot": Path(path).name}
+
+    async def answer(e, question: str, max_new_tokens: int | None, since: float | None, stream: bool, request,
+                     sse_format):
+        """JSON {"answer"} or a streaming response of SSE events built by ``sse_format``."""
+        try:
+            if not stream:
+                job = manager.ask_job(e, question, max_new_tokens, lambda _piece: True, since)
+                return await asyncio.wrap_future(manager.call(job))
+            loop = asyncio.get_running_loop()
+            pieces: asyncio.Queue = asyncio.Queue()
+            gone = asyncio.Event()
+            cancelled = []
+
+            def on_piece(piece: str) -> bool:
+                if cancelled:
+                    return False
+                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+                return True
+
+            job = manager.ask_job(e, question, max_new_tokens, on_piece, since)
+        except ValueError as exc:
+            raise ApiError(400, str(exc).splitlines()[0]) from None
+        future = asyncio.wrap_future(manager.call(job))
+        future.add_done_callback(lambda _f: loop.call_soon_threadsafe(pieces.put_nowait, None))
+
+        async def events():
+            try:
+                while True:
+                    piece = await pieces.get()
+                    if piece is None:
+                        break
+                    yield sse_format(piece, None)
+                try:
+                    result = future.result()
+                    yield sse_format(None, result)
+                except (ValueError, NotFound) as exc:
+                    yield f"event: error\ndata: {json.dumps({'error': {'message': str(exc).splitlines()[0]}})}\n\n"
+            finally:
+                cancelled.append(True)  # client gone (or done): generation stops at the next token
+                gone.set()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/sessions/{sid}/ask")
+    async def ask(request: Request, sid: str):
+        e = session_of(request, sid)
+        body = await _json_body(request)
+        question = _question(body)
+        stream = _field(body, "stream", (bool,), False)
+        max_new = _field(body, "max_new_tokens", (int,))
+        since = _since(body)
+
+        def sse(piece, result):
+            if result is None:
+                return f"data: {json.dumps({'token': piece})}\n\n"
+            return f"event: done\ndata: {json.dumps(result)}\n\n"
+
+        try:
+            out = await answer(e, question, max_new, since, stream, request, sse)
+        except ValueError as exc:
+            raise ApiError(400, str(exc).splitlines()[0]) from None
+        except NotFound:
+            raise ApiError(404, f"no session {sid!r}", "not_found_error") from None
+        return out
+
+    @app.websocket("/v1/sessions/{sid}/push")
+    async def push(ws: WebSocket, sid: str):
+        owner = keys.owner(_presented_key(ws.headers, ws.query_params))
+        if owner is None:
+            await ws.close(code=1008, reason="missing or invalid API key")
+            return
+        try:
+            e = manager.get(sid, owner)
+            source = manager.push_source(e)
+        except NotFound:
+            await ws.close(code=1008, reason=f"no session {sid!r}")
+            return
+        except ValueError as exc:
+            await ws.close(code=1008, reason=str(exc)[:120])
+            return
+        await ws.accept()
+        try:
+            while True:
+                msg = await ws.receive()
+                if msg["type"] == "websocket.disconnect":
+                    break
+                if msg.get("text") is not None:
+                    try:
+                        control = json.loads(msg["text"])
+                    except json.JSONDecodeError:
+                        control = None
+                    if isinstance(control, dict) and control.get("type") == "stats":
+                        await ws.send_text(json.dumps(manager.describe(e)))
+                        continue
+                    if isinstance(control, dict) and control.get("type") == "end":
+                        break
+                    await ws.close(code=1003, reason="text messages: {\"type\": \"stats\"} or {\"type\": \"end\"}")
+                    return
+                data = msg.get("bytes") or b""
+                try:
+                    item = parse_message(data, max_bytes=config.max_upload_bytes, max_pixels=config.max_frame_pixels)
+                    if isinstance(item, PushedFrame):
+                        await asyncio.to_thread(source.push_frame, item.t, item.image)
+                    else:
+                        await asyncio.to_thread(source.push_audio, item.t, item.samples, item.rate)
+                except (PushError, MediaError) as exc:
+                    await ws.close(code=1003, reason=str(exc).splitlines()[0][:120])
+                    return
+            await ws.close()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            source.close()
+
+    # OpenAI-compatible ---------------------------------------------------------------------------------------
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        owner = owner_of(request)
+        body = await _json_body(request)
+        messages = _field(body, "messages", (list,), required=True)
+        stream = _field(body, "stream", (bool,), False)
+        max_new = _field(body, "max_completion_tokens", (int,)) or _field(body, "max_tokens", (int,))
+        live_id = _field(body, "avmem_session", (str,))
+        since = _since({"since": body.get("avmem_since")})
+        question, videos = _chat_question(messages)
+        ephemeral = None
+        if live_id is not None:
+            if videos:
+                raise ApiError(400, "give either video_url parts or 'avmem_session', not both")
+            try:
+                e = manager.get(live_id, owner)
+            except NotFound:
+                raise ApiError(404, f"no session {live_id!r}", "not_found_error") from None
+        else:
+            if len(videos) != 1:
+                raise ApiError(400, "give exactly one video_url content part, or 'avmem_session' naming a live session")
+            e = ephemeral = await _open_video(owner, videos[0])
+            if not await asyncio.to_thread(manager.wait_idle, e, 3600):
+                manager.close(e.id, None)
+                raise ApiError(504, "the video took too long to decode")
+            if e.status == "failed":
+                manager.close(e.id, None)
+                raise ApiError(422, f"cannot decode the video: {e.error}")
+        created = int(time.time())
+        cid = "chatcmpl-" + uuid.uuid4().hex
+
+        def chunk(delta: dict, finish: str | None) -> str:
+            return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                          "model": model_id, "choices": [{"index": 0, "delta": delta,
+                                                                          "finish_reason": finish}]}) + "\n\n"
+
+        sent_role = []
+
+        def sse(piece, result):
+            head = "" if sent_role else chunk({"role": "assistant", "content": ""}, None)
+            sent_role.append(True)
+            if result is None:
+                return head + chunk({"content": piece}, None)
+            finish = "length" if result["finish_reason"] == "length" else "stop"
+            return head + chunk({}, finish) + "data: [DONE]\n\n"
+
+        try:
+            out = await answer(e, question, max_new, since, stream, request, sse)
+        except ValueError as exc:
+            raise ApiError(400, str(exc).splitlines()[0]) from None
+        finally:
+            if ephemeral is not None and not stream:
+                await asyncio.to_thread(manager.close, ephemeral.id, None)
+        if stream:
+            if ephemeral is not None:
+                inner = out.body_iterator
+
+                async def then_close():
+                    try:
+                        async for part in inner:
+                            yield part
+                    finally:
+                        await asyncio.to_thread(manager.close, ephemeral.id, None)
+
+                out.body_iterator = then_close()
+            return out
+        return {"id": cid, "object": "chat.completion", "created": created, "model": model_id,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": out["answer"]},
+                             "finish_reason": "length" if out["finish_reason"] == "length" else "stop"}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": out["tokens"], "total_tokens": out["tokens"]}}
+
+    async def _open_video(owner: str, url: str):
+        if url.startswith("data:"):
+            head, _, payload = url.partition(",")
+            if ";base64" not in head:
+                raise ApiError(400, "a data: video_url must be base64 (data:video/mp4;base64,...)")
+            if len(payload) > config.max_upload_bytes * 4 // 3 + 4:
+                raise ApiError(413, f"upload over the limit of {config.max_upload_bytes} bytes")
+            try:
+                data = base64.b64decode(payload, validate=True)
+            except (binascii.Error, ValueError):
+                raise ApiError(400, "the data: video_url is not valid base64") from None
+
+            async def one():
+                yield data
+
+            path = await save_upload(None, one())
+            return await asyncio.to_thread(create_session, owner, SourceSpec("upload", path, False), None, path, True)
+        try:
+            checked, is_url = await asyncio.to_thread(check_source, url, config)
+        except PolicyError as exc:
+            raise ApiError(403, str(exc), "permission_error") from None
+        spec = SourceSpec("url" if is_url else "file", checked, False)
+        return await asyncio.to_thread(create_session, owner, spec, None, None, True)
+
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
+    return app
+
+
+def _form_json(value) -> dict | None:
+    if value is None or value == "":
+        return None
+    try:
+        parsed = json.loads(value if isinstance(value, str) else "")
+    except json.JSONDecodeError:
+        raise ApiError(400, "'settings' must be a JSON object") from None
+    if not isinstance(parsed, dict):
+        raise ApiError(400, "'settings' must be a JSON object")
+    return parsed
+
+
+def _chat_question(messages: list) -> tuple[str, list[str]]:
+    """The question (text of the last user message) and the video URLs of all user messages."""
+    if not messages or not all(isinstance(m, dict) for m in messages):
+        raise ApiError(400, "'messages' must be a non-empty list of message objects")
+    videos: list[str] = []
+    question = None
+    for m in messages:
+        if m.get("role") != "user":
+            continue
+        content = m.get("content")
+        texts = []
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict):
+                    raise ApiError(400, "content parts must be objects")
+                kind = part.get("type")
+                if kind == "text" and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                elif kind == "video_url" and isinstance(part.get("video_url"), dict) \
+                        and isinstance(part["video_url"].get("url"), str):
+                    videos.append(part["video_url"]["url"])
+                else:
+                    raise ApiError(400, f"unsupported content part {kind!r} (text and video_url are supported)")
+        else:
+            raise ApiError(400, "message content must be a string or a list of parts")
+        question = "\n".join(t for t in texts if t.strip())
+    if not question or not question.strip():
+        raise ApiError(400, "the last user message has no text question")
+    return question, videos
