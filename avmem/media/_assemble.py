@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,11 @@ class Assembler:
     ``max_skew`` (live sources) bounds how far one stream may run ahead of the other, in seconds of
     media time: video waiting longer for its audio gets zeros, audio running ahead of stalled video
     repeats the frame on screen. Data arriving after its slot was released is dropped.
+
+    Memory does not depend on the input: a frame held over many grid points (a gap of hours, a still,
+    a frozen live stream) is converted once and kept as one run (first k, last k, image); ``pop``
+    builds the items of a run one at a time as they are consumed, all sharing that image array, and
+    silence is kept as a sample count until its chunk is cut.
     """
 
     def __init__(self, fps: float, convert: Callable[[Any], np.ndarray], *, video: bool, audio: bool,
@@ -41,7 +47,8 @@ class Assembler:
         self._held_dur: float | None = None
         self._next_k = 0
         self._last_shown: Any = None
-        self._pending: deque[VideoFrame] = deque()
+        self._image: tuple[Any, np.ndarray] | None = None  # (decoded frame, its converted image)
+        self._pending: deque[list] = deque()  # runs [first k, last k, image, frame_time, repeat of previous]
         self.video_head = -np.inf
         self.video_done = not video
         self._pre: deque[tuple[float, np.ndarray]] = deque()
@@ -109,41 +116,55 @@ class Assembler:
         self._pre.clear()
         self.audio_done = True
 
-    def pop(self) -> list[list[MediaItem]]:
-        """Groups ready for release, in time order (frame k followed by chunk k)."""
-        groups: list[list[MediaItem]] = []
+    def pop(self) -> Iterator[list[MediaItem]]:
+        """Groups ready for release, in time order (frame k followed by chunk k), built one at a time as the
+        caller iterates (so a run of thousands of repeated frames never exists as items all at once)."""
         if self.video:
             while self._pending:
-                frame = self._pending[0]
-                if not self.audio:
-                    groups.append([self._pending.popleft()])
-                    continue
-                end = self._bound(frame.index + 1)
-                overdue = self.max_skew is not None and self.video_head >= end / SAMPLE_RATE + self.max_skew
-                if self._buf_end < end and not self.audio_done and not overdue:
-                    break
-                self._pending.popleft()
-                groups.append([frame, self._chunk(frame.index, pad=True)])
-            return groups
+                run = self._pending[0]
+                k = run[0]
+                if self.audio:
+                    end = self._bound(k + 1)
+                    overdue = self.max_skew is not None and self.video_head >= end / SAMPLE_RATE + self.max_skew
+                    if self._buf_end < end and not self.audio_done and not overdue:
+                        return
+                frame = VideoFrame(t=k / self.fps, image=run[2], index=k, frame_time=run[3], repeat=run[4])
+                run[0], run[4] = k + 1, True
+                if run[0] > run[1]:
+                    self._pending.popleft()
+                yield [frame, self._chunk(k, pad=True)] if self.audio else [frame]
+            return
         while True:
             start, end = self._bound(self._next_chunk), self._bound(self._next_chunk + 1)
             if self._buf_end >= end or (self.audio_done and self._buf_end > start):
-                groups.append([self._chunk(self._next_chunk, pad=False)])
+                yield [self._chunk(self._next_chunk, pad=False)]
             else:
-                return groups
+                return
 
     def _emit_until(self, limit: float) -> None:
-        """Release grid points t_k <= limit showing the held frame."""
+        """Release grid points t_k <= limit showing the held frame: one run, whatever its length."""
         if self._held is None:
             return
-        while self._next_k / self.fps <= limit:
-            k = self._next_k
-            if self._last_shown is self._held:
-                self.stats.repeated_frames += 1
-            self._last_shown = self._held
-            image = self.convert(self._held)
-            self._pending.append(VideoFrame(t=k / self.fps, image=image, index=k, frame_time=self._held_t))
-            self._next_k += 1
+        last = math.floor(limit * self.fps)
+        while (last + 1) / self.fps <= limit:
+            last += 1
+        while last >= 0 and last / self.fps > limit:
+            last -= 1
+        first = self._next_k
+        if last < first:
+            return
+        repeat = self._last_shown is self._held
+        self.stats.repeated_frames += last - first + (1 if repeat else 0)
+        self._last_shown = self._held
+        if self._image is None or self._image[0] is not self._held:
+            self._image = (self._held, self.convert(self._held))
+        image = self._image[1]
+        tail = self._pending[-1] if self._pending else None
+        if tail is not None and tail[2] is image and tail[1] == first - 1:
+            tail[1] = last
+        else:
+            self._pending.append([first, last, image, self._held_t, repeat])
+        self._next_k = last + 1
 
     def _replay_pre_roll(self) -> None:
         pre, self._pre = self._pre, deque()

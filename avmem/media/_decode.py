@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,16 @@ from .resize import PixelBudget, check_size
 from .types import SAMPLE_RATE, SourceStats
 
 URL_SCHEMES = ("http", "https", "hls", "rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp")
+"""Network schemes recognised as URLs (only those in :func:`allowed_protocols` are opened)."""
+DEFAULT_PROTOCOLS = ("http", "https", "hls", "rtsp", "rtsps", "rtmp", "rtmps")
+"""URL schemes opened by default; ``$AVMEM_PROTOCOLS`` (comma-separated, from :data:`URL_SCHEMES`) replaces it."""
+_TRANSPORTS = {  # protocols FFmpeg opens underneath each allowed scheme (its whitelist must name them)
+    "http": ("tcp", "tls", "crypto", "httpproxy"), "https": ("tcp", "tls", "crypto", "httpproxy"),
+    "hls": ("http", "https", "tcp", "tls", "crypto"), "rtsp": ("rtp", "srtp", "udp", "tcp", "tls"),
+    "rtsps": ("rtp", "srtp", "udp", "tcp", "tls"), "rtmp": ("tcp",), "rtmps": ("tcp", "tls"),
+    "rtp": ("udp", "srtp"), "srt": (), "udp": (), "tcp": (),
+}
+_LISTEN_KEYS = ("listen", "listen_timeout")
 
 
 def is_url(source: str) -> bool:
@@ -25,11 +36,59 @@ def is_url(source: str) -> bool:
     return bool(sep) and scheme.lower() in URL_SCHEMES
 
 
+def allowed_protocols() -> tuple[str, ...]:
+    """URL schemes that may be opened: ``$AVMEM_PROTOCOLS`` (comma-separated) or :data:`DEFAULT_PROTOCOLS`."""
+    text = os.environ.get("AVMEM_PROTOCOLS", "").strip()
+    if not text:
+        return DEFAULT_PROTOCOLS
+    names = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+    unknown = [n for n in names if n not in URL_SCHEMES]
+    if unknown:
+        raise MediaError(f"AVMEM_PROTOCOLS: unknown protocol {unknown[0]!r} (known: {', '.join(URL_SCHEMES)})")
+    return names
+
+
+def ffmpeg_input(name: str, format: str | None = None,
+                 options: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """What to hand FFmpeg so that it opens exactly ``name``, and nothing else, with the options to use.
+
+    A URL must use an allowed scheme (:func:`allowed_protocols`) and may not ask to listen (a ``listen``
+    query parameter or option); FFmpeg's ``protocol_whitelist`` keeps redirects, playlist segments and
+    nested reads within the allowed schemes and their transports (a redirect to ``file:`` is refused).
+    A local path is opened as that file (``file:`` + absolute path, whitelist ``file``): a name such as
+    ``concat:/x.mp4`` or ``subfile,,start,...`` is a file name, never an FFmpeg protocol. With an explicit
+    ``format`` (capture devices, lavfi) the name is the device's and passes unchanged.
+    """
+    opts = {str(k): str(v) for k, v in (options or {}).items()}
+    for key in opts:
+        if key.lower() in _LISTEN_KEYS or key.lower().startswith("protocol_"):
+            raise MediaError(f"{name}: option {key!r} is not allowed (avmem only reads from sources it connects to)")
+    if is_url(name):
+        scheme = name.partition("://")[0].lower()
+        allowed = allowed_protocols()
+        if scheme not in allowed:
+            raise MediaError(f"{name}: protocol {scheme!r} is not allowed (allowed: {', '.join(allowed)}; set "
+                             f"AVMEM_PROTOCOLS to change)")
+        query = name.partition("?")[2]
+        params = [part.partition("=")[0].lower() for part in query.replace("&", "?").split("?") if part]
+        if any(p in _LISTEN_KEYS for p in params):
+            raise MediaError(f"{name}: listen mode is not allowed (avmem only reads from sources it connects to)")
+        whitelist = dict.fromkeys([scheme, *_TRANSPORTS.get(scheme, ())])
+        for extra in list(whitelist):  # transports that are themselves allowed schemes bring theirs
+            whitelist.update(dict.fromkeys(_TRANSPORTS.get(extra, ()) if extra in allowed else ()))
+        return name, {**opts, "protocol_whitelist": ",".join(whitelist)}
+    if format is not None:
+        return name, opts
+    return "file:" + os.path.abspath(name), {**opts, "protocol_whitelist": "file"}
+
+
 def open_input(name: str, *, format: str | None = None, options: dict[str, str] | None = None,
                timeout: float | None = None) -> av.container.InputContainer:
-    """av.open for reading with one-line MediaErrors; ``timeout`` bounds the open and every read (s)."""
+    """av.open for reading with one-line MediaErrors; ``timeout`` bounds the open and every read (s).
+    ``name`` is opened as :func:`ffmpeg_input` says (local files as files, URLs within the allowed protocols)."""
+    target, opts = ffmpeg_input(name, format, options)
     try:
-        return av.open(name, mode="r", format=format, options=options or {}, timeout=timeout)
+        return av.open(target, mode="r", format=format, options=opts, timeout=timeout)
     except av.error.ExitError as exc:
         raise MediaError(f"{name}: timed out after {timeout:g} s waiting for data") from exc
     except av.error.ConnectionRefusedError as exc:
@@ -136,11 +195,26 @@ def display_size(width: int, height: int, sar: Fraction, orient: Orientation) ->
     return (w, height) if orient.transposes else (height, w)
 
 
-class FrameShaper:
-    """Decoded av.VideoFrame -> upright, square-pixel RGB uint8 [H, W, 3] within the pixel budget."""
+def cap_pixels(height: int, width: int, limit: int | None) -> tuple[int, int]:
+    """(height, width) scaled down, aspect kept, to at most ``limit`` pixels (unchanged when within it or None)."""
+    if limit is None or height * width <= limit:
+        return height, width
+    scale = math.sqrt(limit / (height * width))
+    return max(2, math.floor(height * scale)), max(2, math.floor(width * scale))
 
-    def __init__(self, name: str, budget: PixelBudget, sar: Fraction, warn: Callable[[str], None]) -> None:
+
+class FrameShaper:
+    """Decoded av.VideoFrame -> upright, square-pixel RGB uint8 [H, W, 3] within the pixel budget.
+
+    The decoder's scaler converts straight to the output size, so no full-size RGB array is made;
+    ``decode_pixels`` caps the output area when the budget keeps the display size (``max_pixels=None``):
+    a 16000 x 16000 frame then costs its decoded YUV planes and a capped RGB image, not 768 MB of RGB.
+    """
+
+    def __init__(self, name: str, budget: PixelBudget, sar: Fraction, warn: Callable[[str], None],
+                 decode_pixels: int | None = None) -> None:
         self.name, self.budget, self.sar, self.warn = name, budget, sar, warn
+        self.decode_pixels = decode_pixels
         self._plans: dict[tuple[int, int, Orientation], tuple[int, int]] = {}
         self._orientations: dict[tuple[int, int], Orientation] = {}
         self._noted = False
@@ -160,7 +234,8 @@ class FrameShaper:
         plan = self._plans.get(key)
         if plan is None:
             check_size(self.name, frame.height, frame.width)
-            out_h, out_w = self.budget.target(*display_size(frame.width, frame.height, self.sar, orient))
+            out_h, out_w = cap_pixels(*self.budget.target(*display_size(frame.width, frame.height, self.sar, orient)),
+                                      self.decode_pixels)
             plan = (out_h, out_w) if not orient.transposes else (out_w, out_h)
             self._plans[key] = plan
         coded_h, coded_w = plan

@@ -103,6 +103,8 @@ class FileSource(MediaSource):
         max_pixels, min_pixels, factor: pixel budget (``smart_resize``); ``max_pixels=None`` keeps the
             upright square-pixel display size.
         timeout: seconds to wait for network data (URLs).
+        decode_pixels: with ``max_pixels=None``, the most pixels a frame keeps (larger frames are scaled
+            down, aspect kept, by the decoder's scaler), so memory stays bounded on huge frames; None: no cap.
 
     Raises:
         MediaError: missing, empty or non-media file, unreachable URL, no video stream (video=True),
@@ -111,11 +113,14 @@ class FileSource(MediaSource):
 
     def __init__(self, path: str | Path, *, fps: float = 1.0, video: bool = True, audio: bool = True,
                  max_pixels: int | None = 176400, min_pixels: int = 784, factor: int = 32,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, decode_pixels: int | None = None) -> None:
         name, _ = resolve(path, None)
         super().__init__(name, fps=fps, video=video, audio=audio, max_pixels=max_pixels, min_pixels=min_pixels,
                          factor=factor)
         self.timeout = _check_timeout(timeout)
+        if decode_pixels is not None and (not isinstance(decode_pixels, int) or decode_pixels < 64):
+            raise MediaError(f"decode_pixels must be an int >= 64 or None, got {decode_pixels!r}")
+        self.decode_pixels = decode_pixels
         self.info: MediaInfo = probe(name, fps=self.fps, max_pixels=max_pixels, min_pixels=min_pixels,
                                      factor=factor, timeout=self.timeout)
         if video and self.info.video is None:
@@ -126,12 +131,17 @@ class FileSource(MediaSource):
     def __iter__(self) -> Iterator[MediaItem]:
         self.stats = SourceStats()
         warn = warner(self.name, self.stats)
+        self.stats.expected_seconds = self.info.duration
         with_audio = self.audio and self.info.audio is not None
-        video_lane = self._video_lane(warn) if self.video else None
-        audio_lane = self._audio_lane(warn) if with_audio else None
         sar = self.info.video.sample_aspect_ratio if self.info.video else 1
-        shaper = FrameShaper(self.name, self.budget, sar, warn)
+        shaper = FrameShaper(self.name, self.budget, sar, warn, self.decode_pixels)
         asm = Assembler(self.fps, shaper, video=self.video, audio=with_audio, stats=self.stats, warn=warn)
+
+        def hole(start: float, end: float) -> None:
+            self.stats.add_hole(start - (asm.t0 or 0.0), end - (asm.t0 or 0.0))
+
+        video_lane = self._video_lane(warn, hole) if self.video else None
+        audio_lane = self._audio_lane(warn, hole) if with_audio else None
         try:
             while True:
                 for group in asm.pop():
@@ -155,8 +165,10 @@ class FileSource(MediaSource):
                 if lane is not None:
                     lane.close()
 
-    def _video_lane(self, warn: Callable[[str], None]) -> Iterator[tuple[float, av.VideoFrame, float | None]]:
-        """(presentation time s, frame, duration s or None) for every decoded frame."""
+    def _video_lane(self, warn: Callable[[str], None],
+                    hole: Callable[[float, float], None]) -> Iterator[tuple[float, av.VideoFrame, float | None]]:
+        """(presentation time s, frame, duration s or None) for every decoded frame; damaged stretches are
+        skipped (``hole`` is told the time span) and decoding goes on after them."""
         with open_input(self.name, timeout=self.timeout) as container:
             stream = pick_video(container)
             stream.thread_type = "AUTO"
@@ -166,21 +178,22 @@ class FileSource(MediaSource):
             try:
                 for frame in reader.frames():
                     t, duration = clock(frame)
-                    count, end = count + 1, t + (duration or 0.0)
+                    if reader.damage is not None and count:
+                        hole(end, t)
+                    reader.damage = None
+                    count, end = count + 1, max(end, t + (duration or 0.0))
                     yield t, frame, duration
             except av.error.ExitError as exc:
                 raise MediaError(f"{self.name}: timed out after {self.timeout:g} s waiting for data") from exc
-            except av.error.FFmpegError as exc:
-                if count == 0:
-                    raise MediaError(f"{self.name}: cannot decode video ({_reason(exc)})") from exc
-                warn(f"video decoding stopped at {end:.2f} s ({_reason(exc)}); using the frames before it")
-                return
             if count == 0:
-                raise MediaError(f"{self.name}: no decodable video frames")
-            reader.check_complete("video", end, warn)
+                why = f"cannot decode video ({reader.damage})" if reader.damage else "no decodable video frames"
+                raise MediaError(f"{self.name}: {why}")
+            reader.report("video", end, warn, "using the frames before it")
 
-    def _audio_lane(self, warn: Callable[[str], None]) -> Iterator[tuple[float, np.ndarray]]:
-        """(start time s, float32 16 kHz mono samples) blocks of the decoded audio."""
+    def _audio_lane(self, warn: Callable[[str], None],
+                    hole: Callable[[float, float], None]) -> Iterator[tuple[float, np.ndarray]]:
+        """(start time s, float32 16 kHz mono samples) blocks of the decoded audio; damaged stretches are
+        skipped (``hole`` is told the time span; the assembler fills them with silence)."""
         with open_input(self.name, timeout=self.timeout) as container:
             stream = pick_audio(container)
             reader = _StreamReader(container, stream)
@@ -188,39 +201,86 @@ class FileSource(MediaSource):
             count, end = 0, 0.0
             try:
                 for frame in reader.frames():
+                    if reader.damage is not None and count and frame.time is not None:
+                        hole(end, frame.time)
+                    reader.damage = None
                     if frame.time is not None:
-                        end = frame.time + frame.samples / frame.sample_rate
+                        end = max(end, frame.time + frame.samples / frame.sample_rate)
                     count += 1
                     yield from feed.feed(frame, frame.time)
             except av.error.ExitError as exc:
                 raise MediaError(f"{self.name}: timed out after {self.timeout:g} s waiting for data") from exc
-            except av.error.FFmpegError as exc:
-                warn(f"audio decoding stopped at {end:.2f} s ({_reason(exc)}); the rest of the audio is silence")
-                yield from feed.flush()
-                return
             yield from feed.flush()
             if count == 0:
                 warn("the audio stream has no decodable audio; audio chunks are silence")
             else:
-                reader.check_complete("audio", end, warn)
+                reader.report("audio", end, warn, "the rest of the audio is silence")
 
 
 class _StreamReader:
-    """Decodes one stream while reading every packet of the container, to learn where the data ends."""
+    """Decodes one stream while reading every packet of the container, to learn where the data ends.
+
+    Damaged data does not end decoding: a packet the decoder rejects is skipped, and after a demuxer error
+    reading resumes at the next packet it finds (containers such as MPEG-TS resynchronise on their own, MP4
+    reads on by its index), up to ``MAX_READ_ERRORS`` errors in a row. ``damage`` holds the first error
+    since the last decoded frame (None when there was none); ``skipped`` counts skipped packets.
+    """
+
+    MAX_READ_ERRORS = 16
 
     def __init__(self, container: av.container.InputContainer, stream: av.stream.Stream) -> None:
         self.container, self.stream = container, stream
         self.data_end: float | None = None
+        self.damage: str | None = None
+        self.skipped = 0
+        self.stopped: str | None = None  # why reading stopped before the end of the data, None at a clean end
 
     def frames(self) -> Iterator[av.VideoFrame | av.AudioFrame]:
         """Decoded frames of the stream, in presentation order."""
         index = self.stream.index
-        for packet in self.container.demux():
+        failures = 0
+        demux = self.container.demux()
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                return
+            except av.error.ExitError:
+                raise
+            except av.error.FFmpegError as exc:
+                self._damaged(exc)
+                failures += 1
+                if failures > self.MAX_READ_ERRORS or isinstance(exc, av.error.EOFError):
+                    self.stopped = _reason(exc)
+                    return
+                demux = self.container.demux()
+                continue
+            failures = 0
             if packet.pts is not None and packet.time_base is not None:
                 end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
                 self.data_end = end if self.data_end is None else max(self.data_end, end)
             if packet.stream.index == index:
-                yield from packet.decode()
+                try:
+                    decoded = packet.decode()
+                except av.error.ExitError:
+                    raise
+                except av.error.FFmpegError as exc:
+                    self._damaged(exc)
+                    continue
+                yield from decoded
+
+    def _damaged(self, exc: Exception) -> None:
+        self.skipped += 1
+        if self.damage is None:
+            self.damage = _reason(exc)
+
+    def report(self, kind: str, end: float, warn: Callable[[str], None], after: str) -> None:
+        """Warn about skipped damaged data, an error that ended reading, or data ending before the declared end."""
+        if self.stopped is not None or self.damage is not None:
+            warn(f"{kind} decoding stopped at {end:.2f} s ({self.stopped or self.damage}); {after}")
+        if self.skipped:
+            warn(f"skipped {self.skipped} damaged {kind} packet(s) and decoded on after them")
+        self.check_complete(kind, end, warn)
 
     def check_complete(self, kind: str, end: float, warn: Callable[[str], None]) -> None:
         """Warn when the container's data stops well before the end its header declares (truncated file)."""

@@ -22,12 +22,16 @@ class VideoFrame:
         index: sample number k.
         frame_time: presentation time (s, same clock) of the decoded frame shown at ``t`` (<= ``t``);
             equal for consecutive items when a frame stays on screen longer than 1 / fps.
+        repeat: True when this item shows the same decoded frame as the previous item; its ``image`` is
+            then the very same array (not a copy: treat images as read-only), so consumers can reuse
+            whatever they computed from it.
     """
 
     t: float
     image: np.ndarray
     index: int
     frame_time: float
+    repeat: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +73,9 @@ class SourceStats:
         dropped: sampling steps (a frame and its audio chunk) discarded because the consumer was
             slower than real time (LiveSource, PushSource).
         warnings: the warning messages issued (also emitted as ``MediaWarning``).
+        holes: (start s, end s) spans, on the items' clock, where damaged data was skipped and decoding
+            resumed after it (the frame before it is held, its audio is silence); merged when they touch.
+        expected_seconds: the length the input declares (FileSource), None when unknown (live sources).
     """
 
     frames: int = 0
@@ -78,6 +85,34 @@ class SourceStats:
     padded_audio_seconds: float = 0.0
     dropped: int = 0
     warnings: list[str] = field(default_factory=list)
+    holes: list[tuple[float, float]] = field(default_factory=list)
+    expected_seconds: float | None = None
+
+    MAX_HOLES = 1000
+
+    def add_hole(self, start: float, end: float) -> None:
+        """Record a damaged span (kept sorted and merged; at most ``MAX_HOLES`` spans, the last one absorbing the
+        rest, so the list stays small on any input)."""
+        start, end = max(0.0, float(start)), max(0.0, float(end))
+        if end < start:
+            start, end = end, start
+        spans = sorted([*self.holes, (start, end)])
+        merged: list[tuple[float, float]] = []
+        for s, e in spans:
+            if merged and s <= merged[-1][1] + 1e-6:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+            else:
+                merged.append((s, e))
+        if len(merged) > self.MAX_HOLES:
+            merged[self.MAX_HOLES - 1:] = [(merged[self.MAX_HOLES - 1][0], merged[-1][1])]
+        self.holes = merged
+
+    def shortfall(self, slack: float = 1.0) -> float:
+        """Seconds missing at the end: ``expected_seconds - seconds`` beyond ``slack`` s, 0 when complete or unknown."""
+        if self.expected_seconds is None:
+            return 0.0
+        missing = self.expected_seconds - self.seconds
+        return missing if missing > slack else 0.0
 
 
 @dataclass(frozen=True)
