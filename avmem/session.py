@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ from .memory.ssm import Mamba2State
 from .memory.ttt import TTTMemory, TTTState, official_positions
 from .model import AVMemModel
 
-SESSION_FORMAT = "avmem-session/1"
+SESSION_FORMAT = "avmem-session/2"
 AUDIO_RATE = 16000
 AUDIO_TOKENS_PER_SECOND = 2
 DECODE_QUEUE_ITEMS = 32
@@ -1055,74 +1055,29 @@ class StreamSession:
                 "ttt": without_runtime(spec.ttt), "audio": spec.audio, "vocab": len(self.model.backbone.tokenizer)}
 
     def save(self, path: str | Path) -> Path:
-        """Write the whole memory state (exact round trip with :meth:`load`)."""
-        st = self.state
-        tensors: dict[str, Tensor] = {}
-        if st.ttt is not None:
-            tensors.update({f"ttt.{k}": v.detach().cpu() for k, v in st.ttt.tensors().items()})
-        for name, bank in (("video", st.video), ("audio", st.audio)):
-            if bank is not None:
-                tensors[f"{name}.tokens"] = bank.tokens.detach().cpu()
-                tensors[f"{name}.ids"] = bank.ids.cpu()
-        if st.pending_frames:
-            tensors["pending.frames"] = torch.stack([f for _, f in st.pending_frames]).cpu()
-        tensors["pending.audio"] = torch.from_numpy(st.pending_audio.copy()).to("cpu")
-        for name in ("times", "grid", "first_id", "n_ts"):
-            tensors[f"patches.{name}"] = torch.from_numpy(getattr(st.patches, name).copy()).to("cpu")
-        tensors["audio_log.first_id"] = torch.from_numpy(st.audio_log.first_id.copy()).to("cpu")
-        tensors["audio_log.start"] = torch.from_numpy(st.audio_log.start.copy()).to("cpu")
-        meta = {
-            "format": SESSION_FORMAT, "settings": asdict(self.settings), "model": self._model_fingerprint(),
-            "pending_times": [t for t, _ in st.pending_frames], "pending_audio_start": st.pending_audio_start,
-            "video_ids": st.video_ids, "audio_ids": st.audio_ids, "audio_samples": st.audio_samples,
-            "frames": st.frames, "last_time": st.last_time, "drops": st.drops, "questions": self._questions,
-        }
-        path = Path(path)
-        torch.save({"meta": meta, "tensors": tensors}, path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path, model: AVMemModel) -> "StreamSession":
-        """Restore a session saved by :meth:`save` onto the same ``model``.
+        """Write the whole memory state to ``path`` (exact round trip with :meth:`load`), crash-safely: a temporary
+        file beside it is fsynced and renamed over it, so the previous snapshot stays loadable until the new one is
+        complete (format: :mod:`avmem.snapshot`, safetensors + JSON, no pickle).
 
         Raises:
-            ValueError: not a session file, or saved with a different model.
+            OSError: the file could not be written (full disk, ...); ``path`` is unchanged.
         """
-        try:
-            blob = torch.load(Path(path), weights_only=True, map_location="cpu")
-            meta, tensors = blob["meta"], blob["tensors"]
-            fmt = meta.get("format")
-        except Exception as exc:  # torch raises many types for foreign files
-            raise ValueError(f"{path}: not an avmem session file ({type(exc).__name__})") from None
-        if fmt != SESSION_FORMAT:
-            raise ValueError(f"{path}: unsupported session format {fmt!r}")
-        try:
-            session = cls(model, SessionSettings(**meta["settings"]))
-            saved_model = dict(meta["model"], ttt=without_runtime(meta["model"].get("ttt")))
-            if saved_model != session._model_fingerprint():
-                raise ValueError(f"{path}: saved with a different model ({meta['model']['backbone_type']}, hidden "
-                                 f"{meta['model']['hidden_size']}); load it with the model it was made with")
-            device = model.device
-            st = session.state
-            if any(k.startswith("ttt.") for k in tensors):
-                parts = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ttt.")}
-                if model.spec.memory_layer == "mamba2":
-                    st.ttt = Mamba2State.from_tensors(parts)
-                else:
-                    st.ttt = TTTState.from_tensors(parts)
-            for name in ("video", "audio"):
-                if f"{name}.tokens" in tensors:
-                    setattr(st, name, BankState(tokens=tensors[f"{name}.tokens"].to(device),
-                                                ids=tensors[f"{name}.ids"].to(device)))
-            st.patches = PatchLog(**{n: tensors[f"patches.{n}"].numpy() for n in ("times", "grid", "first_id", "n_ts")})
-            st.audio_log = AudioLog(tensors["audio_log.first_id"].numpy(), tensors["audio_log.start"].numpy())
-            if "pending.frames" in tensors:
-                st.pending_frames = list(zip(meta["pending_times"], list(tensors["pending.frames"].to(device))))
-            st.pending_audio = tensors["pending.audio"].numpy()
-            st.pending_audio_start = meta["pending_audio_start"]
-            st.video_ids, st.audio_ids, st.audio_samples = meta["video_ids"], meta["audio_ids"], meta["audio_samples"]
-            st.frames, st.last_time, st.drops = meta["frames"], meta["last_time"], meta["drops"]
-            session._questions = meta["questions"]
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: incomplete session file ({type(exc).__name__}: {exc})") from None
-        return session
+        from .snapshot import save_session
+
+        return save_session(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, model: AVMemModel, settings: SessionSettings | None = None) -> StreamSession:
+        """Restore a session saved by :meth:`save` onto the same ``model``. The memory state and the settings that
+        decide what the memory holds (:data:`avmem.snapshot.RESTORED_SETTINGS`: fps, pixel budget, capacities,
+        policies, chunk sizes) come from the file; how questions read it (:data:`avmem.snapshot.READ_SETTINGS`:
+        max_new_tokens, reader, read budgets, budget_file, ...) comes from ``settings`` (default: the defaults),
+        never from the file.
+
+        Raises:
+            ValueError: one line naming the file and the problem: not a session file, an old pickle-based one,
+                saved with a different model, or any field of the wrong name, dtype, shape, size or value.
+        """
+        from .snapshot import load_session
+
+        return load_session(path, model, settings)

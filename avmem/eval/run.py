@@ -42,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..fsutil import atomic_write
 from ..session import SESSION_FORMAT, DeviceMemoryError, SessionSettings, StreamSession, without_runtime
+from ..snapshot import READ_SETTINGS, WRITE_SETTINGS
 from .benchmarks import Benchmark, BenchQuestion, BenchVideo, Loaded, get_benchmark, micro
 
 RUN_FORMAT = "avmem-eval-run/1"
@@ -132,12 +134,6 @@ def launcher_shard(env: Mapping[str, str], cuda_devices: int) -> tuple[tuple[int
 
 # memory cache ------------------------------------------------------------------------------------------------
 
-WRITE_SETTINGS = ("fps", "max_pixels", "min_pixels", "video_tokens", "audio_tokens", "use_audio", "use_ttt",
-                  "video_policy", "audio_policy", "bank_step", "chunk_frames", "vision_patches", "audio_pieces")
-"""Settings that change what the memory holds (sampling, capacities, policies, compression and call sizes)."""
-READ_SETTINGS = ("max_new_tokens", "reader", "read_tokens", "read_chunk", "read_joint", "budget_file",
-                 "omni_lambda", "incremental", "block_tokens")
-"""Settings that only change how a question reads the memory (a cached state serves every value)."""
 CACHE_FORMAT = "avmem-memory-cache/1"
 
 
@@ -175,18 +171,6 @@ def weights_fingerprint(model, samples: int = 64) -> str:
     if picked:
         digest.update(torch.cat(picked).to("cpu").numpy().tobytes())
     return digest.hexdigest()
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any], fsync: bool = False, suffix: str = ".tmp") -> None:
-    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file beside it (named per process, ending in
-    ``suffix``), optionally fsynced, then renamed over ``path`` (readers see the old or the new file, never half)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{suffix}")
-    write(tmp)
-    if fsync:
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _atomic_json(path: Path, data: Any) -> None:
@@ -283,7 +267,7 @@ class MemoryCache:
     def save(self, folder: Path, name: str, session: StreamSession) -> None:
         """``session``'s state as ``folder / name.session`` (atomically)."""
         path = folder / f"{name}.session"
-        atomic_write(path, session.save, fsync=True)
+        session.save(path)
 
     def save_end(self, folder: Path, last_item: float, stream_end: float) -> None:
         _atomic_json(folder / "end.json", {"last_item": last_item, "stream_end": stream_end})
