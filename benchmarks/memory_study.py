@@ -1,10 +1,11 @@
 """The memory-mechanism study (seed 001 Tables 2-3 in miniature): same model, same data, same token budget,
 different memories.
 
-Every variant starts from the same trained model (``--base``, by default the embedded demo model), gets the
-same fine-tuning run (``--steps`` steps of ``avmem train`` on ``--train``, same seed, same data order, same
-learning rate) with its memory in place, and is evaluated on the same test questions (``--test``, asked
-while the videos play) with the same video token budget:
+Every variant starts from the same model (``--base``: by default the embedded demo model, fine-tuned; or a preset
+such as ``small-qwen3-vl``, trained from random weights with its memory in place from step 0), gets the same
+training run (``--steps`` steps of ``avmem train`` on ``--train``, same seed, same data order, same learning
+rate) with its memory in place, once per seed of ``--seeds``, and is evaluated on the same test questions
+(``--test``, asked while the videos play) with the same video token budget:
 
 =============  ==========================================================================
 ttt-hf         fresh TTT layer, Gauss-Newton CG update (3 steps), similarity discard
@@ -16,9 +17,12 @@ merge          no memory layer, similarity merge (adjacent segments averaged)
 =============  ==========================================================================
 
 Accuracy is split by how far back the asked-about event lies: *inside* (a first-in-first-out memory of the
-budget would still hold it) or *outside*. Intervals are 95 % percentile bootstraps over questions.
+budget would still hold it) or *outside*. Intervals are 95 % percentile bootstraps over questions (pooled over
+the seeds' runs); the per-seed accuracies are listed beside them. Each (variant, seed) run is written to
+``OUT/<variant>/seed<S>/results.json`` as soon as it ends, and a rerun skips the runs already there.
 
     python benchmarks/memory_study.py --train data/train_train.json --test study/test.json --out study_out
+    python benchmarks/memory_study.py --base small-qwen3-vl --lr 1e-3 --seeds 0,1,2 ...   # trained from scratch
     python benchmarks/memory_study.py --smoke          # CI: tiny model, two short clips, two steps
 
 Writes ``OUT/results.json``, ``OUT/table.md`` and ``OUT/memory_study.png`` and prints the table.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -44,8 +49,8 @@ VARIANTS = {
 GROUPS = ("all", "inside memory", "outside memory")
 
 
-def run_variant(name: str, args, out: Path) -> dict:
-    """Fine-tune ``name`` from the base and evaluate it; the summary with timings."""
+def run_variant(name: str, seed: int, args, out: Path) -> dict:
+    """Train ``name`` from the base with ``seed`` and evaluate it; the summary with timings."""
     from avmem.eval.mcq import evaluate_mcq, results_to_json, summarize
     from avmem.model import load_model
     from avmem.session import SessionSettings
@@ -53,13 +58,13 @@ def run_variant(name: str, args, out: Path) -> dict:
     from avmem.train.engine import train
 
     spec = VARIANTS[name]
-    folder = out / name
+    folder = out / name / f"seed{seed}"
     cfg = dict(model=args.base, data=[str(args.train)], output_dir=str(folder / "run"), fps=1.0,
                max_frames=args.max_frames, max_pixels=args.max_pixels, video_tokens=args.video_tokens,
                audio_tokens=args.audio_tokens, bank_step=32, ttt_heads=4, ttt_mini_batch=64, ttt_lag=64,
                cg_iters=3, ttt_checkpoint_group=0, use_lora=False, train_llm=True, train_vision=True,
-               train_audio=True, lr=args.lr, warmup_ratio=0.05, max_steps=args.steps, epochs=1000, seed=args.seed,
-               num_workers=args.workers, logging_steps=max(1, args.steps // 5), save_steps=10 ** 9,
+               train_audio=True, lr=args.lr, warmup_ratio=args.warmup, max_steps=args.steps, epochs=1000,
+               seed=seed, num_workers=args.workers, logging_steps=max(1, args.steps // 5), save_steps=10 ** 9,
                report_to="none", validate_samples=1, **spec)
     t0 = time.perf_counter()
     result = train(config_from_dict(cfg))
@@ -72,30 +77,101 @@ def run_variant(name: str, args, out: Path) -> dict:
     results = evaluate_mcq(model, args.test, settings, method="open", max_videos=args.max_videos)
     eval_s = time.perf_counter() - t0
     summary = summarize(results)
-    row = {"variant": name, "summary": summary, "train_s": train_s, "eval_s": eval_s, "steps": result.steps,
-           "first_loss": result.losses[0] if result.losses else None,
-           "last_loss": result.losses[-1] if result.losses else None}
+    losses = result.losses
+    tail = max(1, len(losses) // 10)
+    row = {"variant": name, "seed": seed, "summary": summary, "train_s": train_s, "eval_s": eval_s,
+           "steps": result.steps, "base": args.base,
+           "first_loss": sum(losses[:tail]) / tail if losses else None,
+           "last_loss": sum(losses[-tail:]) / tail if losses else None}
     (folder / "results.json").write_text(json.dumps({**row, "results": results_to_json(results)}, indent=1))
+    if not args.keep_models:
+        shutil.rmtree(folder / "run", ignore_errors=True)
     return row
 
 
+def pooled(runs: list[dict]) -> dict:
+    """One row per variant from its seeds' runs: pooled accuracy [95 % bootstrap] per group, per-seed values,
+    and the paired per-question answers (for the differences against a reference variant)."""
+    import numpy as np
+
+    from avmem.eval.mcq import bootstrap_ci
+
+    row = {"variant": runs[0]["variant"], "seeds": [r["seed"] for r in runs], "steps": runs[0]["steps"],
+           "train_s": float(np.mean([r["train_s"] for r in runs])), "eval_s": float(np.mean([r["eval_s"] for r in runs])),
+           "first_loss": _mean([r["first_loss"] for r in runs]), "last_loss": _mean([r["last_loss"] for r in runs]),
+           "groups": {}, "answers": {}}
+    for group in GROUPS:
+        hits, per_seed = [], []
+        for r in runs:
+            h = [float(q["correct"]) for q in r["results"] if _in_group(q, group)]
+            hits += h
+            per_seed.append(float(np.mean(h)) if h else float("nan"))
+        lo, hi = bootstrap_ci(np.array(hits))
+        row["groups"][group] = {"n": len(hits), "accuracy": float(np.mean(hits)) if hits else float("nan"),
+                                "ci_low": lo, "ci_high": hi, "per_seed": per_seed}
+    for r in runs:
+        for q in r["results"]:
+            row["answers"][f"{r['seed']}/{q['question_id']}"] = (float(q["correct"]), bool(q["inside_memory"]))
+    return row
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _in_group(q: dict, group: str) -> bool:
+    return group == "all" or (group == "inside memory") == bool(q["inside_memory"])
+
+
+def paired(row: dict, ref: dict, group: str, n: int = 2000) -> tuple[float, float, float, int, int]:
+    """Accuracy difference row - ref on the questions (and seeds) both answered: mean, 95 % paired bootstrap,
+    how many they answer differently, how many in all."""
+    import numpy as np
+
+    keys = sorted(k for k in row["answers"] if k in ref["answers"] and _in_group(
+        {"inside_memory": row["answers"][k][1]}, group))
+    if not keys:
+        return float("nan"), float("nan"), float("nan"), 0, 0
+    diff = np.array([row["answers"][k][0] - ref["answers"][k][0] for k in keys])
+    rng = np.random.default_rng(0)
+    means = rng.choice(diff, size=(n, len(diff)), replace=True).mean(axis=1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(diff.mean()), float(lo), float(hi), int((diff != 0).sum()), len(keys)
+
+
 def table(rows: list[dict]) -> str:
-    """Markdown: accuracy [95 % CI] (n) per group and variant."""
-    lines = ["| memory | " + " | ".join(GROUPS) + " | train loss (first -> last) |",
-             "|---|" + "---|" * len(GROUPS) + "---|"]
+    """Markdown: pooled accuracy [95 % CI] (n) per group and variant, the per-seed accuracies, the train loss."""
+    lines = ["| memory | " + " | ".join(GROUPS) + " | per seed (all) | train loss (first -> last 10 %) |",
+             "|---|" + "---|" * len(GROUPS) + "---|---|"]
     for row in rows:
         cells = []
         for g in GROUPS:
-            s = row["summary"].get(g, {"n": 0})
+            s = row["groups"][g]
             cells.append("-" if not s["n"] else
                          f"{s['accuracy']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}] (n={s['n']})")
+        seeds = " / ".join(f"{a:.3f}" for a in row["groups"]["all"]["per_seed"])
         loss = "-" if row["first_loss"] is None else f"{row['first_loss']:.3f} -> {row['last_loss']:.3f}"
-        lines.append(f"| {row['variant']} | " + " | ".join(cells) + f" | {loss} |")
+        lines.append(f"| {row['variant']} | " + " | ".join(cells) + f" | {seeds} | {loss} |")
+    ref = next((r for r in rows if r["variant"] == "discard"), None)
+    if ref is not None and len(rows) > 1:
+        lines += ["", "Paired against discard (same questions, same seeds; difference [95 % paired bootstrap], "
+                  "questions answered differently / all):", "",
+                  "| memory | all | inside memory | outside memory |", "|---|---|---|---|"]
+        for row in rows:
+            if row is ref:
+                continue
+            cells = []
+            for g in GROUPS:
+                d, lo, hi, differ, n = paired(row, ref, g)
+                cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] ({differ}/{n})" if n else "-")
+            lines.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    """Grouped bars (inside / outside the token memory) with the 95 % intervals; chance at 0.25."""
+    """Grouped bars (inside / outside the token memory) with the 95 % intervals and the per-seed accuracies as
+    dots; chance at 0.25."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,12 +183,16 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     for k, (group, colour) in enumerate((("inside memory", "C0"), ("outside memory", "C1"))):
         acc, lo, hi = [], [], []
         for row in rows:
-            s = row["summary"].get(group, {"n": 0})
+            s = row["groups"][group]
             a = s["accuracy"] if s["n"] else np.nan
             acc.append(a)
             lo.append(a - s["ci_low"] if s["n"] else 0)
             hi.append(s["ci_high"] - a if s["n"] else 0)
-        ax.bar(x + (k - 0.5) * 0.38, acc, 0.38, yerr=[lo, hi], capsize=3, color=colour, label=group)
+        pos = x + (k - 0.5) * 0.38
+        ax.bar(pos, acc, 0.38, yerr=[lo, hi], capsize=3, color=colour, alpha=0.8, label=group)
+        for i, row in enumerate(rows):
+            seeds = row["groups"][group]["per_seed"]
+            ax.plot([pos[i]] * len(seeds), seeds, "k.", ms=4, label="one seed" if i == 0 and k == 0 else None)
     ax.axhline(0.25, color="0.4", ls="--", lw=1, label="chance")
     ax.set_xticks(x, [r["variant"] for r in rows])
     ax.set_ylim(0, 1)
@@ -122,6 +202,16 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def video_seconds(annotations: Path) -> list[float]:
+    """Durations of the videos of an annotation or training file written by ``avmem synth`` (from its events
+    file next to it), [] when unknown."""
+    split = annotations.name.removesuffix(".json").removesuffix("_train")
+    events = annotations.with_name(f"{split}_events.json")
+    if not events.is_file():
+        return []
+    return [float(v["seconds"]) for v in json.loads(events.read_text())]
 
 
 def smoke_data(folder: Path) -> tuple[Path, Path]:
@@ -135,23 +225,27 @@ def smoke_data(folder: Path) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", default=None, help="Starting model (default: the embedded demo model).")
+    p.add_argument("--base", default=None, help="Starting model: the embedded demo model (default; fine-tuned) or a "
+                   "preset such as small-qwen3-vl (random weights: every memory trained from step 0).")
     p.add_argument("--train", type=Path, help="Training JSON (avmem synth ... --style open --group: SPLIT_train.json).")
     p.add_argument("--test", type=Path, help="Test annotations (avmem synth ... --style open: SPLIT.json).")
     p.add_argument("--out", type=Path, default=Path("memory_study_out"))
     p.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated subset of " + ", ".join(VARIANTS))
+    p.add_argument("--seeds", default="0", help="Comma-separated training seeds (one run per variant and seed).")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=float, default=0.05, help="Warm-up fraction of the steps.")
     p.add_argument("--video-tokens", type=int, default=128)
     p.add_argument("--audio-tokens", type=int, default=64)
     p.add_argument("--max-pixels", type=int, default=9216)
     p.add_argument("--max-frames", type=int, default=160)
     p.add_argument("--max-videos", type=int, default=None)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-models", action="store_true", help="Keep each run's trained model (OUT/<variant>/"
+                   "seed<S>/run); by default only its results are kept.")
     p.add_argument("--smoke", action="store_true", help="Tiny model, generated clips, two steps (CI).")
     p.add_argument("--report", action="store_true",
-                   help="Only rebuild the table and plot from OUT/<variant>/results.json (variants run in "
+                   help="Only rebuild the table and plot from OUT/<variant>/seed<S>/results.json (runs made in "
                         "separate processes, e.g. two at a time on two cores).")
     args = p.parse_args(argv)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -159,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not names:
         print(f"memory_study: unknown variant(s) {unknown or names} (choose from {', '.join(VARIANTS)})",
               file=sys.stderr)
+        return 2
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        print(f"memory_study: --seeds must be comma-separated integers, got {args.seeds!r}", file=sys.stderr)
         return 2
     tmp = None
     if args.smoke:
@@ -177,27 +278,43 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
                 return 2
         args.out.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            print(f"== {name}", flush=True)
-            run_variant(name, args, args.out)
+        train_s, test_s = video_seconds(args.train), video_seconds(args.test)
+        if train_s and test_s:
+            (args.out / "videos.json").write_text(json.dumps({"train_seconds": [min(train_s), max(train_s)],
+                                                              "test_seconds": [min(test_s), max(test_s)]}))
+            print(f"training videos {min(train_s):.0f}-{max(train_s):.0f} s, test videos "
+                  f"{min(test_s):.0f}-{max(test_s):.0f} s ({min(test_s) / max(train_s):.1f}-"
+                  f"{max(test_s) / max(train_s):.1f}x the longest training video)", flush=True)
+        for seed in seeds:
+            for name in names:
+                if (args.out / name / f"seed{seed}" / "results.json").is_file():
+                    print(f"== {name} seed {seed}: done before, skipped", flush=True)
+                    continue
+                print(f"== {name} seed {seed}", flush=True)
+                run_variant(name, seed, args, args.out)
     rows = []
     for name in names:
-        path = args.out / name / "results.json"
-        if not path.is_file():
+        runs = []
+        for seed in seeds:
+            path = args.out / name / f"seed{seed}" / "results.json"
+            if path.is_file():
+                runs.append(json.loads(path.read_text()))
+        if not runs:
             print(f"memory_study: no results for {name} in {args.out}", file=sys.stderr)
             return 2
-        row = json.loads(path.read_text())
-        row.pop("results")
-        rows.append(row)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+        rows.append(pooled(runs))
+    (args.out / "results.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "answers"} for r in rows],
+                                                      indent=1))
     text = table(rows)
     (args.out / "table.md").write_text(text + "\n")
-    steps = rows[0]["steps"]
-    title = f"{steps} fine-tuning steps per memory from the same model; {args.video_tokens} video tokens"
+    start = "trained from scratch" if not Path(args.base).exists() else "fine-tuning steps from the same model"
+    title = (f"{rows[0]['steps']} steps per memory ({start}), seeds {','.join(map(str, seeds))}; "
+             f"{args.video_tokens} video tokens")
     plot(rows, args.out / "memory_study.png", title)
     print(text)
     for row in rows:
-        print(f"{row['variant']}: train {row['train_s']:.0f} s, eval {row['eval_s']:.0f} s")
+        print(f"{row['variant']}: {len(row['seeds'])} seed(s), train {row['train_s']:.0f} s, eval {row['eval_s']:.0f} s "
+              "per run")
     if tmp is not None:
         tmp.cleanup()
     return 0

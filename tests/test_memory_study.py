@@ -1,4 +1,5 @@
-"""The memory study's smoke version (CI): every variant fine-tunes, is evaluated, lands in the table and plot."""
+"""The memory study's smoke version (CI): every variant trains, is evaluated, lands in the table and plot; a rerun
+skips the runs already done; the per-seed pooling and paired differences are right."""
 
 from __future__ import annotations
 
@@ -16,24 +17,48 @@ def _study():
     return module
 
 
-def test_smoke_study_runs_every_variant(tmp_path):
+def test_smoke_study_runs_every_variant(tmp_path, capsys):
     study = _study()
-    assert study.main(["--smoke", "--out", str(tmp_path)]) == 0
+    assert study.main(["--smoke", "--out", str(tmp_path), "--keep-models"]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())
     assert [r["variant"] for r in rows] == list(study.VARIANTS)
     for row in rows:
-        assert row["steps"] == 2
-        answered = json.loads((tmp_path / row["variant"] / "results.json").read_text())["results"]
-        assert len(answered) == row["summary"]["all"]["n"] > 0
-        assert row["summary"]["inside memory"]["n"] + row["summary"]["outside memory"]["n"] == len(answered)
-    spec = json.loads((tmp_path / "mamba2" / "run" / "model" / "avmem.json").read_text())
+        assert row["steps"] == 2 and row["seeds"] == [0]
+        answered = json.loads((tmp_path / row["variant"] / "seed0" / "results.json").read_text())["results"]
+        assert len(answered) == row["groups"]["all"]["n"] > 0
+        assert row["groups"]["inside memory"]["n"] + row["groups"]["outside memory"]["n"] == len(answered)
+    spec = json.loads((tmp_path / "mamba2" / "seed0" / "run" / "model" / "avmem.json").read_text())
     assert spec["memory_layer"] == "mamba2"
-    assert not (tmp_path / "discard" / "run" / "model" / "ttt.safetensors").exists()
+    assert not (tmp_path / "discard" / "seed0" / "run" / "model" / "ttt.safetensors").exists()
     table = (tmp_path / "table.md").read_text()
     assert all(f"| {v} |" in table for v in study.VARIANTS)
+    assert "Paired against discard" in table
     assert (tmp_path / "memory_study.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert study.main(["--smoke", "--out", str(tmp_path), "--variants", "discard,merge"]) == 0
+    assert capsys.readouterr().out.count("done before, skipped") == 2
 
 
-def test_unknown_variant_is_refused(tmp_path, capsys):
+def test_pooling_over_seeds_and_pairing():
+    study = _study()
+
+    def run(variant, seed, hits):
+        return {"variant": variant, "seed": seed, "steps": 5, "train_s": 1.0, "eval_s": 1.0, "first_loss": 2.0,
+                "last_loss": 1.0, "results": [{"question_id": f"q{i}", "correct": h, "inside_memory": i < 2}
+                                              for i, h in enumerate(hits)]}
+
+    a = study.pooled([run("ttt-hf", 0, [1, 1, 1, 0]), run("ttt-hf", 1, [1, 0, 0, 0])])
+    ref = study.pooled([run("discard", 0, [1, 1, 0, 0]), run("discard", 1, [1, 0, 0, 0])])
+    assert a["groups"]["all"]["n"] == 8 and a["groups"]["all"]["accuracy"] == 0.5
+    assert a["groups"]["all"]["per_seed"] == [0.75, 0.25]
+    assert a["groups"]["outside memory"]["accuracy"] == 0.25 and a["groups"]["inside memory"]["accuracy"] == 0.75
+    diff, lo, hi, differ, n = study.paired(a, ref, "outside memory")
+    assert (diff, differ, n) == (0.25, 1, 4) and lo <= diff <= hi
+    assert study.paired(a, ref, "inside memory")[:2] == (0.0, 0.0)
+
+
+def test_unknown_variant_or_seed_is_refused(tmp_path, capsys):
     assert _study().main(["--smoke", "--variants", "lstm", "--out", str(tmp_path)]) == 2
     assert "lstm" in capsys.readouterr().err
+    assert _study().main(["--smoke", "--seeds", "x", "--out", str(tmp_path)]) == 2
+    assert "--seeds" in capsys.readouterr().err
