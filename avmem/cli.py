@@ -189,6 +189,54 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _media_report(stats, fps: float) -> dict:
+    """What the decoder delivered against what the input declares: seconds decoded / expected, holes (damaged
+    spans skipped, s), and whether the input is complete."""
+    holes = [[round(a, 3), round(b, 3)] for a, b in stats.holes]
+    missing = stats.shortfall(1.0 + 1.0 / fps)
+    return {"seconds_decoded": round(stats.seconds, 3),
+            "seconds_expected": None if stats.expected_seconds is None else round(stats.expected_seconds, 3),
+            "holes": holes, "complete": not holes and not missing}
+
+
+def _damage_line(source: str, media: dict) -> str:
+    """One line saying how an incomplete input was used."""
+    parts = []
+    if media["seconds_expected"] is not None and media["seconds_decoded"] < media["seconds_expected"]:
+        parts.append(f"decoded {media['seconds_decoded']:.1f} s of the {media['seconds_expected']:.1f} s it declares")
+    if media["holes"]:
+        shown = ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in media["holes"][:5])
+        more = f" and {len(media['holes']) - 5} more" if len(media["holes"]) > 5 else ""
+        parts.append(f"damaged data skipped at {shown}{more}")
+    return f"{source}: incomplete input: {'; '.join(parts)}"
+
+
+class _MediaWarningLines:
+    """While active, media warnings print as one line ``avmem: warning: ...`` on stderr (not Python's two-line
+    format); other warnings are shown as before."""
+
+    def __enter__(self) -> "_MediaWarningLines":
+        import warnings
+
+        from .media import MediaWarning
+
+        self._saved = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, MediaWarning):
+                print(f"avmem: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                self._saved(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import warnings
+
+        warnings.showwarning = self._saved
+
+
 def _telemetry(session, elapsed: float) -> dict:
     st = session.stats()
     return {
@@ -227,9 +275,11 @@ def ask(
     device: str = DEVICE_OPT,
     dtype: str = DTYPE_OPT,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    strict: bool = typer.Option(False, "--strict", help="Fail (exit 2) when the input is damaged or ends before the "
+                                "length it declares, instead of answering from what decodes."),
 ) -> None:
     """Watch a video with bounded memory, then answer the questions."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .media import probe
 
@@ -247,20 +297,24 @@ def ask(
                               read_chunk=read_chunk, read_per_layer=read_per_layer, budget_file=budget_file,
                               omni_lambda=omni_lambda, incremental=incremental)
     columns = [TextColumn("watching"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
-               TimeElapsedColumn()]
-    with Progress(*columns, console=console, disable=json_out, transient=True) as bar:
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    with _MediaWarningLines(), Progress(*columns, console=console, disable=json_out, transient=True) as bar:
         task = bar.add_task("watch", total=info.duration or None)
 
         def progress(item) -> None:
             bar.update(task, completed=item.t)
 
-        session.feed_file(source, progress=progress)
+        media = _media_report(session.feed_file(source, progress=progress), fps)
+    if strict and not media["complete"]:
+        raise ValueError(_damage_line(source, media) + " (--strict)")
     session.flush()
     answers = [{"question": q, "answer": session.ask(q)} for q in question]
-    report = {"answers": answers, **_telemetry(session, time.perf_counter() - start)}
+    report = {"answers": answers, **_telemetry(session, time.perf_counter() - start), "media": media}
     if json_out:
         print(json.dumps(report))
         return
+    if not media["complete"]:
+        print(f"avmem: warning: {_damage_line(source, media)}; answered from what decoded", file=sys.stderr)
     for a in answers:
         console.print(f"[bold]Q:[/bold] {a['question']}\n[bold]A:[/bold] {a['answer']}")
     t = report["tokens"]
@@ -292,7 +346,8 @@ def info(
         return
     table = Table(title=media, show_header=False)
     for key in ("format", "duration", "start_time", "frame_size", "fps", "sampled_frames"):
-        table.add_row(key, str(report[key]))
+        label = "frame_size (height, width)" if key == "frame_size" else key
+        table.add_row(label, str(report[key]))
     for kind in ("video", "audio"):
         part = report[kind]
         table.add_row(kind, "none" if part is None else ", ".join(f"{k}={v}" for k, v in part.items()))
@@ -320,7 +375,8 @@ def stream(
     budget_file: str = BUDGET_FILE_OPT,
     omni_lambda: float = OMNI_LAMBDA_OPT,
     incremental: bool = INCREMENTAL_OPT,
-    timeout: float = typer.Option(10.0, help="Seconds to wait for data before giving up."),
+    timeout: float = typer.Option(10.0, help="Seconds without data after which the source counts as stalled: the "
+                                  "command then ends with an error (exit 2)."),
     device: str = DEVICE_OPT,
     dtype: str = DTYPE_OPT,
     server: str = typer.Option(None, "--server", help="An avmem server URL (avmem serve): the session runs "
@@ -368,6 +424,7 @@ def stream(
             questions.put(line)
         questions.put(None)
 
+    media_lines = _MediaWarningLines().__enter__()  # decoder warnings from the watch thread: one line each
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     threading.Thread(target=read_questions, daemon=True).start()
@@ -392,6 +449,7 @@ def stream(
     stop.set()
     source.close()
     watcher.join(timeout=60)  # leave no thread inside native decoding/inference code at interpreter exit
+    media_lines.__exit__()
     if failure:
         if isinstance(failure[0], ValueError):
             raise ValueError(str(failure[0]).splitlines()[0])
@@ -737,6 +795,8 @@ def train(
     resume: str = typer.Option(None, "--resume", help="Continue from 'latest' or a checkpoint-N folder."),
     max_steps: int = typer.Option(None, "--max-steps", help="Override the config's max_steps."),
     check: bool = typer.Option(False, "--check", help="Validate the config and data, then stop."),
+    check_urls: bool = typer.Option(False, "--check-urls", help="With --check: also fetch the URLs the data names "
+                                    "(by default they are not contacted)."),
 ) -> None:
     """Fine-tune LoRA + the TTT memory on video QA data (official JSON/JSONL format).
 
@@ -761,9 +821,10 @@ def train(
         from .train.data import check_media, load_records
 
         records = load_records(cfg.data)
-        check_media(records, cfg.validate_samples)
+        unchecked = check_media(records, cfg.validate_samples, fetch_urls=check_urls)
+        skipped = f" ({unchecked} URL(s) not fetched; --check-urls to probe them)" if unchecked else ""
         print(f"avmem train: config ok; {len(records)} samples, first {min(len(records), cfg.validate_samples)} "
-              "probed", file=sys.stderr)
+              f"probed{skipped}", file=sys.stderr)
         return
     from .train.engine import train as run
 

@@ -90,7 +90,7 @@ def open_input(name: str, *, format: str | None = None, options: dict[str, str] 
     try:
         return av.open(target, mode="r", format=format, options=opts, timeout=timeout)
     except av.error.ExitError as exc:
-        raise MediaError(f"{name}: timed out after {timeout:g} s waiting for data") from exc
+        raise MediaError(f"{name}: no data for {timeout:g} s (timed out)") from exc
     except av.error.ConnectionRefusedError as exc:
         raise MediaError(f"{name}: connection refused") from exc
     except av.error.HTTPError as exc:

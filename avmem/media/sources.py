@@ -184,7 +184,7 @@ class FileSource(MediaSource):
                     count, end = count + 1, max(end, t + (duration or 0.0))
                     yield t, frame, duration
             except av.error.ExitError as exc:
-                raise MediaError(f"{self.name}: timed out after {self.timeout:g} s waiting for data") from exc
+                raise MediaError(_stalled(self.name, self.timeout)) from exc
             if count == 0:
                 why = f"cannot decode video ({reader.damage})" if reader.damage else "no decodable video frames"
                 raise MediaError(f"{self.name}: {why}")
@@ -209,7 +209,7 @@ class FileSource(MediaSource):
                     count += 1
                     yield from feed.feed(frame, frame.time)
             except av.error.ExitError as exc:
-                raise MediaError(f"{self.name}: timed out after {self.timeout:g} s waiting for data") from exc
+                raise MediaError(_stalled(self.name, self.timeout)) from exc
             yield from feed.flush()
             if count == 0:
                 warn("the audio stream has no decodable audio; audio chunks are silence")
@@ -395,10 +395,12 @@ class LiveSource(MediaSource):
                         warn=warn, max_skew=self.max_av_skew)
         pacer = _Pacer(stop)
         decoded = 0
+        last_data = time.monotonic()
         try:
             with self._container as container:
                 try:
                     for packet in container.demux(streams):
+                        last_data = time.monotonic()
                         if stop.is_set():
                             return
                         for frame in packet.decode():
@@ -412,8 +414,12 @@ class LiveSource(MediaSource):
                         if not self._release(asm, queue, pacer):
                             return
                 except av.error.ExitError as exc:
-                    raise MediaError(f"{self.name}: timed out after {self.timeout:g} s waiting for data") from exc
+                    raise MediaError(_stalled(self.name, self.timeout)) from exc
                 except av.error.FFmpegError as exc:
+                    # A read cut by the timeout surfaces from some demuxers as "Invalid data" or an I/O error:
+                    # judged by the time since the last packet, it is a stall, not damaged data.
+                    if time.monotonic() - last_data >= 0.9 * self.timeout:
+                        raise MediaError(_stalled(self.name, self.timeout)) from exc
                     if decoded == 0:
                         raise MediaError(f"{self.name}: cannot decode ({_reason(exc)})") from exc
                     warn(f"stream ended with an error ({_reason(exc)}); stopping")
@@ -641,6 +647,10 @@ def _as_rgb(name: str, image: np.ndarray) -> np.ndarray:
     if not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
         raise MediaError(f"{name}: float image values must be finite and in [0, 1]")
     return np.rint(image * 255.0).astype(np.uint8)
+
+
+def _stalled(name: str, timeout: float) -> str:
+    return f"{name}: no data for {timeout:g} s (source stalled; timed out)"
 
 
 def _reason(exc: Exception) -> str:

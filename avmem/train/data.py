@@ -110,8 +110,11 @@ def load_records(paths: str | Path | Sequence[str | Path]) -> list[Record]:
     return records
 
 
-def check_media(records: Sequence[Record], n: int) -> None:
+def check_media(records: Sequence[Record], n: int, fetch_urls: bool = False) -> int:
     """Probe the videos of the first ``n`` records (all of them when ``n`` >= len(records)).
+
+    URLs are probed (fetched) only with ``fetch_urls``: a data file must not make a check contact hosts it names.
+    Returns the number of URLs left unchecked.
 
     Raises:
         ValueError: naming the record's source, for a missing, empty or unreadable file, a file without a
@@ -119,9 +122,14 @@ def check_media(records: Sequence[Record], n: int) -> None:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"check_media: n must be an integer >= 0, got {n!r}")
+    unchecked = 0
     for record in records[:n]:
         total: float | None = 0.0
         for path in record.videos:
+            if is_url(path) and not fetch_urls:
+                unchecked += 1
+                total = None
+                continue
             try:
                 info = probe(path)
             except MediaError as exc:
@@ -132,6 +140,7 @@ def check_media(records: Sequence[Record], n: int) -> None:
         if record.timestamps is not None and total is not None and record.timestamps[0] >= total:
             raise ValueError(f"{record.source}: timestamps start at {record.timestamps[0]:g} s but the video is "
                              f"{total:.2f} s long")
+    return unchecked
 
 
 class VideoQADataset(Dataset):
