@@ -51,6 +51,9 @@ AUDIO_RATE = 16000
 AUDIO_TOKENS_PER_SECOND = 2
 DECODE_QUEUE_ITEMS = 32
 """Media items ``feed_file`` decodes ahead of the model (a bounded queue: a few frames and audio chunks)."""
+DECODE_PIXELS = 4096 * 2160
+"""Frames larger than this (and than 16 x the pixel budget) are scaled down while decoding (``media``), so a huge
+frame never becomes a full-size RGB array; the session's own resize to the budget follows."""
 STAGES = ("decode_wait", "resize", "vision", "ttt", "bank", "audio")
 """Ingestion steps timed in ``StreamSession.stage_seconds``."""
 POLICIES: dict[str, type[CompressionPolicy]] = {
@@ -405,6 +408,8 @@ class StreamSession:
         self.stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self._depth = 0
         self._oom_stage: str | None = None
+        self._repeats = _RepeatMemo()  # reused work for repeated / identical frames
+        self.reuse_repeats = True  # False: every frame resized and encoded on its own (the reference path)
 
     # steps: atomicity, out-of-memory messages, stage timing ------------------------------------------
 
@@ -490,7 +495,8 @@ class StreamSession:
     def media(self, path: str | Path):
         """A :class:`~avmem.media.FileSource` over a local file (or the URL of a recording) at the session's
         sampling (fps, audio if the session uses it), yielding frames and audio in time order. Frames come at
-        their upright display size: the session resizes them to its pixel budget on the model's device.
+        their upright display size (frames over :data:`DECODE_PIXELS` are scaled down while decoding): the session
+        resizes them to its pixel budget on the model's device.
         Audio-only inputs are accepted when the session uses audio."""
         from .media import FileSource, probe
 
@@ -499,20 +505,38 @@ class StreamSession:
         has_video = probe(path, **budget).video is not None
         if not has_video and not self.settings.use_audio:
             raise ValueError(f"{path}: no video stream (and this session does not use audio)")
-        return FileSource(path, video=has_video, audio=self.settings.use_audio, **{**budget, "max_pixels": None})
+        return FileSource(path, video=has_video, audio=self.settings.use_audio, **{**budget, "max_pixels": None},
+                          decode_pixels=max(16 * self.settings.max_pixels, DECODE_PIXELS))
 
     def feed_item(self, item) -> None:
-        """Feed one item of a media source (a ``VideoFrame`` or an ``AudioChunk``)."""
+        """Feed one item of a media source (a ``VideoFrame`` or an ``AudioChunk``).
+
+        A frame marked ``repeat`` whose image is the array of the frame fed just before (a frame held over a gap,
+        a still, a frozen live stream) reuses that frame's resized tensor; identical consecutive temporal patches
+        reuse their vision features (see :meth:`_encode_patches`), so runs of repeated frames cost the memory
+        layer and the bank only."""
         from .media import AudioChunk, VideoFrame
 
         if isinstance(item, VideoFrame):
-            self.feed(frames=item.image, t=item.t)
+            fitted = self._repeats.fitted_for(item.image) if item.repeat and self.reuse_repeats else None
+            if fitted is None:
+                self.feed(frames=item.image, t=item.t)
+            else:
+                self._feed_fitted(item.t, item.image, fitted)
         elif isinstance(item, AudioChunk):
             self.feed(audio=item.samples, audio_t=item.t)
 
-    def feed_file(self, path: str | Path, progress=None) -> None:
+    @_atomic
+    def _feed_fitted(self, t: float, frame: np.ndarray, fitted: Tensor) -> None:
+        """``feed`` of one frame whose budget-sized tensor is already known (a repeat of the previous frame)."""
+        start = time.perf_counter()
+        self._add_frame(float(t), frame, fitted)
+        self._busy_seconds += time.perf_counter() - start
+
+    def feed_file(self, path: str | Path, progress=None):
         """Decode a local file (or the URL of a recording) at the session's fps and feed its frames and audio;
-        ``progress`` is called with each media item.
+        ``progress`` is called with each media item. Returns the source's :class:`~avmem.media.SourceStats`
+        (seconds decoded, the declared length, holes where damaged data was skipped, warnings).
 
         Decoding runs on a background thread at most :data:`DECODE_QUEUE_ITEMS` items ahead (so it overlaps the
         model's work and memory stays bounded); its errors are raised here with their usual messages. On any
@@ -521,7 +545,8 @@ class StreamSession:
         """
         from .media.prefetch import Prefetch
 
-        items = Prefetch(self.media(path), DECODE_QUEUE_ITEMS)
+        source = self.media(path)
+        items = Prefetch(source, DECODE_QUEUE_ITEMS)
         try:
             for item in items:
                 self.feed_item(item)
@@ -530,8 +555,10 @@ class StreamSession:
         finally:
             items.close()
             self.stage_seconds["decode_wait"] += items.waited
+        return source.stats
 
-    def _add_frame(self, t: float, frame: np.ndarray) -> None:
+    def _add_frame(self, t: float, frame: np.ndarray, fitted: Tensor | None = None) -> None:
+        """Validate a frame and queue it for the next absorb; ``fitted``: its budget-sized tensor when known."""
         if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"feed: frames must be uint8 [H, W, 3], got {getattr(frame, 'dtype', type(frame))} "
                              f"{list(getattr(frame, 'shape', []))}")
@@ -543,7 +570,8 @@ class StreamSession:
         st = self.state
         if st.last_time is not None and t <= st.last_time:
             raise ValueError(f"feed: frame times must increase (got {t} after {st.last_time})")
-        frame = self._fit_budget(frame)
+        tensor = self._fit_budget(frame) if fitted is None else fitted
+        frame = self._repeats.fitted(frame, tensor) if self.reuse_repeats else tensor
         if st.pending_frames and st.pending_frames[0][1].shape != frame.shape:
             self.state = self._absorb(self.state, flush=True)
             st = self.state
@@ -552,6 +580,34 @@ class StreamSession:
         st.frames += 1
         if len(st.pending_frames) >= self.settings.chunk_frames:
             self.state = self._absorb(st, flush=False)
+
+    def _encode_patches(self, frames: list[Tensor]) -> list:
+        """Vision features of ``frames`` (uint8 [h, w, 3] tensors), one per temporal patch of 2 frames (the last
+        one may be a single frame), in tower calls of at most ``vision_patches`` patches.
+
+        A patch made of the same tensor objects as the patch before it (including the last patch of the previous
+        call) reuses its features instead of running the tower again: repeated frames share one tensor
+        (:class:`_RepeatMemo`), so a gap of hours held on one frame costs a single tower call. Not while the
+        tower is trained (its features would have to carry a graph per patch)."""
+        reuse = self.reuse_repeats and not (self.trainable and self.train_vision)
+        pairs = [tuple(frames[i:i + 2]) for i in range(0, len(frames), 2)]
+        memo = self._repeats.patch if reuse else None
+        unique: list[tuple[Tensor, ...]] = []
+        source: list[int] = []  # per pair: index into unique, -1 for the remembered patch
+        last = memo[0] if memo is not None else None
+        for pair in pairs:
+            if not (reuse and last is not None and _same_tensors(pair, last)):
+                unique.append(pair)
+                last = pair
+            source.append(len(unique) - 1)
+        step = self.settings.vision_patches  # tower calls of vision_patches patches: bounded activations
+        encoded = [p for i in range(0, len(unique), step)
+                   for p in self.model.backbone.encode_frames(torch.stack([f for pair in unique[i:i + step]
+                                                                           for f in pair]))]
+        patches = [encoded[j] if j >= 0 else memo[1] for j in source]
+        if reuse and patches:
+            self._repeats.patch = (pairs[-1], patches[-1])
+        return patches
 
     def _fit_budget(self, frame: np.ndarray) -> Tensor:
         """The frame as uint8 [h, w, 3] on the model's device, resized there to the session's pixel budget (the
@@ -612,10 +668,8 @@ class StreamSession:
         n = len(frames) if flush else len(frames) // 2 * 2
         if n == 0:
             return st
-        step = 2 * self.settings.vision_patches  # tower calls of vision_patches patches: bounded activations
         with self._stage("vision"), torch.set_grad_enabled(self.trainable and self.train_vision):
-            patches = [p for i in range(0, n, step)
-                       for p in self.model.backbone.encode_frames(torch.stack([f for _, f in frames[i:i + step]]))]
+            patches = self._encode_patches([f for _, f in frames[:n]])
         with torch.set_grad_enabled(self.trainable):
             return self._absorb_tokens(st, n, patches)
 
@@ -1039,6 +1093,8 @@ class StreamSession:
         layer = 0 if st.ttt is None else sum(t.numel() * t.element_size() for t in st.ttt.tensors().values())
         mem = sum(b.nbytes for b in (st.video, st.audio) if b is not None) + layer
         seconds = 0.0 if st.last_time is None else st.last_time + 1.0 / self.settings.fps
+        if st.pending_audio_start is not None:  # audio-only input (or audio running past the last frame)
+            seconds = max(seconds, st.pending_audio_start + len(st.pending_audio) / AUDIO_RATE)
         return SessionStats(
             frames=st.frames, seconds=seconds, audio_seconds=st.audio_samples / AUDIO_RATE,
             video_tokens_in=st.video_ids, audio_tokens_in=st.audio_ids,
