@@ -395,6 +395,9 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
                         await ws.send_text(json.dumps(manager.describe(e)))
                         continue
                     if isinstance(control, dict) and control.get("type") == "end":
+                        source.close()  # releases the last frame; the reply says what the session received
+                        await asyncio.to_thread(manager.wait_pumped, e, source, 30.0)
+                        await ws.send_text(json.dumps({"type": "ended", **manager.describe(e)}))
                         break
                     await ws.close(code=1003, reason="text messages: {\"type\": \"stats\"} or {\"type\": \"end\"}")
                     return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -132,7 +133,16 @@ def stream_via_server(source: str, server: str) -> None:
     """``avmem stream SOURCE --server URL``: create a session there, answer each stdin line from it."""
     client = Client(server, os.environ.get("AVMEM_API_KEY"))
     sid = client.create(source)
-    print(f"session {sid} on {server}; type a question and press Enter (Ctrl-D to stop)", file=sys.stderr)
+    print(f"session {sid} on {server}; waiting for the first frames...", file=sys.stderr)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        st = client.call("GET", f"/v1/sessions/{sid}")
+        if st["frames"] or st["audio_seconds"] or st["status"] in ("ended", "failed"):
+            break
+        time.sleep(0.2)
+    if st["status"] == "failed":
+        raise ValueError(f"server: the source failed: {st['error']}")
+    print("type a question and press Enter (Ctrl-D to stop)", file=sys.stderr)
     for line in sys.stdin:
         if not line.strip():
             continue

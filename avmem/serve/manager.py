@@ -12,6 +12,7 @@ session slower than real time never holds more than ``ingest_queue`` items.
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import logging
 import os
 import secrets
@@ -257,8 +258,10 @@ class SessionManager:
         """Cache the session's telemetry (read by HTTP handlers without touching the session)."""
         st = e.session.stats()
         pending = sum(f.numel() for _, f in e.session.state.pending_frames)
+        last_loss = getattr(e.session.state.ttt, "last_loss", None)  # TTT reconstruction loss of the last update
         e.cached = {**asdict(st), "pending_frames": len(e.session.state.pending_frames),
-                    "memory_bytes": st.memory_bytes + pending, "drops": e.drops}
+                    "memory_bytes": st.memory_bytes + pending, "drops": e.drops,
+                    "ttt_loss": None if last_loss is None else float(last_loss.float().mean())}
 
     # sessions -------------------------------------------------------------------------------------------
 
@@ -419,6 +422,17 @@ class SessionManager:
         if self.config.snapshot_dir:
             snapshots.remove(self.config.snapshot_dir, sid)
 
+    def wait_pumped(self, e: ServedSession, source, timeout: float) -> bool:
+        """Wait until the pump of ``source`` has queued its last item (True when so)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while e.source is source:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.2))
+        return True
+
     def wait_idle(self, e: ServedSession, timeout: float) -> bool:
         """Wait until the session's source ended and its queue is absorbed (recordings; True when so)."""
         deadline = time.monotonic() + timeout
@@ -475,13 +489,16 @@ class SessionManager:
 
     def _served(self, e: ServedSession) -> dict:
         return {"id": e.id, "owner": e.owner, "created": e.created, "source": asdict(e.spec), "drops": e.drops,
-                "end_time": e.end_time}
+                "end_time": e.end_time, "settings": asdict(e.session.settings)}
 
     def snapshot_now(self, e: ServedSession) -> str:
         """Write a snapshot of one session (worker job; queued items are staged first). Returns its folder."""
         if not self.config.snapshot_dir:
             raise ValueError("the server has no --snapshot-dir")
         self._drain(e)
+        if e.session.ready_frames():  # a snapshot holds less than one chunk pending, as a session fed alone does
+            for _, exc in absorb_together([e.session]):
+                raise exc
         return str(snapshots.write_snapshot(self.config.snapshot_dir, e.id, e.session, self._served(e)))
 
     def snapshot_all_now(self) -> int:
@@ -504,29 +521,40 @@ class SessionManager:
         n = 0
         for sid, gen in snapshots.latest(self.config.snapshot_dir):
             try:
-                served = snapshots.read_served(gen)
-                spec = SourceSpec(**served["source"])
-                session = StreamSession.load(gen / "session", self.model)
-                e = ServedSession(sid, str(served["owner"]), session, spec, created=float(served["created"]),
-                                  status="detached" if spec.kind != "push" else "waiting")
-                e.end_time = max(float(served.get("end_time", 0.0)), session.stats().seconds)
-                e.queue_drops = int(served.get("drops", 0))
+                self.restore_one(sid, gen)
             except Exception as exc:  # noqa: BLE001 - a corrupt or foreign snapshot is skipped
                 msg = f"avmem serve: skipping snapshot {gen}: {_one_line(exc)}"
                 log.error(msg)
                 self.restore_errors.append(msg)
                 continue
-            with self._cond:
-                self._sessions[sid] = e
-            self._refresh(e)
             n += 1
-            if spec.kind == "url" and spec.live:
-                try:
-                    self._attach(e)
-                except (MediaError, PolicyError, ValueError, OSError) as exc:
-                    e.status, e.error = "detached", _one_line(exc)
-                    log.error("avmem serve: session %s: cannot re-attach %s: %s", sid, spec.url, e.error)
         return n
+
+    def restore_one(self, sid: str, gen: Path) -> ServedSession:
+        """Load one snapshot generation as session ``sid`` (also how a Ray replica takes over a moved session).
+
+        Raises:
+            ValueError: ``sid`` is held already, or the snapshot is corrupt / foreign (and OSError, KeyError).
+        """
+        served = snapshots.read_served(gen)
+        spec = SourceSpec(**served["source"])
+        session = _load_session(gen / "session", self.model, served.get("settings"))
+        e = ServedSession(sid, str(served["owner"]), session, spec, created=float(served["created"]),
+                          status="detached" if spec.kind != "push" else "waiting")
+        e.end_time = max(float(served.get("end_time", 0.0)), session.stats().seconds)
+        e.queue_drops = int(served.get("drops", 0))
+        with self._cond:
+            if sid in self._sessions and not self._sessions[sid].closed:
+                raise ValueError(f"session {sid!r} is held already")
+            self._sessions[sid] = e
+        self._refresh(e)
+        if spec.kind == "url" and spec.live:
+            try:
+                self._attach(e)
+            except (MediaError, PolicyError, ValueError, OSError) as exc:
+                e.status, e.error = "detached", _one_line(exc)
+                log.error("avmem serve: session %s: cannot re-attach %s: %s", sid, spec.url, e.error)
+        return e
 
     # telemetry --------------------------------------------------------------------------------------------
 
@@ -549,6 +577,16 @@ class SessionManager:
     def jobs_waiting(self) -> int:
         with self._cond:
             return len(self._jobs)
+
+
+def _load_session(path: Path, model, settings: dict | None) -> StreamSession:
+    """``StreamSession.load``, with the session's own reading settings (answer length, reader) where the loader takes
+    them (the snapshot file restores what the memory holds; how questions read it is the server's to keep)."""
+    if settings is not None and "settings" in inspect.signature(StreamSession.load).parameters:
+        if not isinstance(settings, dict):
+            raise ValueError("served.json: settings must be an object")
+        return StreamSession.load(path, model, SessionSettings(**settings))
+    return StreamSession.load(path, model)
 
 
 def _one_line(exc: BaseException) -> str:
