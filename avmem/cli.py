@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import resource
 import sys
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -145,21 +147,16 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
                  read_tokens: int = 16384, read_chunk: int = 16384, read_per_layer: bool = False,
                  budget_file: str | None = None, omni_lambda: float = 0.02, incremental: bool = False,
                  bank_step: int | None = 4096):
-    """Load the model and open a session; notes go to stderr."""
-    from .memory.kv.readers import get_reader
+    """Load the model and open a session (every option is checked first: :func:`_check_options`); notes go to
+    stderr."""
+    dev = _check_options(model_name, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
+                         audio_tokens=audio_tokens, cg_iters=cg_iters, device=device, dtype=dtype,
+                         max_new_tokens=max_new_tokens, video_policy=video_policy, audio_policy=audio_policy,
+                         reader=reader, read_tokens=read_tokens, read_chunk=read_chunk, budget_file=budget_file,
+                         omni_lambda=omni_lambda, incremental=incremental, bank_step=bank_step)
     from .model import load_model
     from .session import StreamSession
 
-    get_reader(reader)  # an unknown reader fails before the model loads, listing the registered names
-
-
-    if not model_name:
-        raise ValueError("choose a model with --model: the official release folder, an avmem folder, a Qwen2.5-VL / "
-                         "Qwen3-VL folder or hub id, or a preset with random weights: random-qwen3-vl-8b / "
-                         "random-qwen2.5-vl-7b (release size, for speed) or tiny-qwen3-vl / tiny-qwen2.5-vl (tests)")
-    if cg_iters is not None and cg_iters < 0:
-        raise ValueError(f"--cg-iters must be >= 0, got {cg_iters}")
-    dev = resolve_device(device)
     weights_dtype = resolve_dtype(dtype)
     _quiet_transformers()
     with console.status(f"loading {model_name}..."):
@@ -180,6 +177,66 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
                             read_joint=not read_per_layer, budget_file=budget_file, omni_lambda=omni_lambda,
                             incremental=incremental, bank_step=bank_step)
     return model, session
+
+
+POLICY_NAMES = ("discard", "discard-prev", "merge")
+"""The token-memory policies (:data:`avmem.session.POLICIES`), named here so options are checked without importing
+the model code."""
+MAX_PIXELS_LIMIT = 4096 * 4096
+MIN_PIXELS = 784
+
+
+def _check_options(model_name: str | None, *, fps: float | None = None, max_pixels: int | None = None,
+                   video_tokens: int | None = None, audio_tokens: int | None = None, cg_iters: int | None = None,
+                   device: str = "auto", dtype: str = "auto", max_new_tokens: int | None = None,
+                   video_policy: str = "discard", audio_policy: str = "merge", reader: str = "full",
+                   read_tokens: int | None = None, read_chunk: int | None = None, budget_file: str | None = None,
+                   omni_lambda: float = 0.02, incremental: bool = False, bank_step: int | None = None, **_):
+    """Check the model name and every session option before anything heavy is imported or loaded: the cheap
+    checks first (the model name: preset, folder, or hub id in the local cache or one bounded request; ranges,
+    names, files), then the device (imports torch) and the reader's name (imports the readers). Returns the
+    torch device.
+
+    Raises:
+        ValueError: one line naming the option.
+    """
+    if not model_name:
+        raise ValueError("choose a model with --model: the official release folder, an avmem folder, a Qwen2.5-VL / "
+                         "Qwen3-VL folder or hub id, or a preset with random weights: random-qwen3-vl-8b / "
+                         "random-qwen2.5-vl-7b (release size, for speed) or tiny-qwen3-vl / tiny-qwen2.5-vl (tests)")
+    from .model_source import check_model_source
+
+    if fps is not None and not (0 < fps <= 30):
+        raise ValueError(f"--fps must be in (0, 30], got {fps}")
+    if max_pixels is not None and not MIN_PIXELS <= max_pixels <= MAX_PIXELS_LIMIT:
+        raise ValueError(f"--max-pixels must be in {MIN_PIXELS}..{MAX_PIXELS_LIMIT} (4096^2), got {max_pixels}")
+    for name, value in (("--video-tokens", video_tokens), ("--audio-tokens", audio_tokens),
+                        ("--read-tokens", read_tokens), ("--read-chunk", read_chunk),
+                        ("--max-new-tokens", max_new_tokens), ("--bank-step", bank_step)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    if cg_iters is not None and cg_iters < 0:
+        raise ValueError(f"--cg-iters must be >= 0, got {cg_iters}")
+    for name, value in (("--video-policy", video_policy), ("--audio-policy", audio_policy)):
+        if value not in POLICY_NAMES:
+            raise ValueError(f"{name} must be one of {', '.join(POLICY_NAMES)}, got {value!r}")
+    if not math.isfinite(omni_lambda):
+        raise ValueError(f"--omni-lambda must be a finite number, got {omni_lambda}")
+    if budget_file is not None and not Path(budget_file).is_file():
+        raise ValueError(f"--budget-file {budget_file}: no such file")
+    check_model_source(model_name)
+    dev = resolve_device(device)
+    resolve_dtype(dtype)
+    from .memory.kv.readers import get_reader, reader_names
+
+    chosen = get_reader(reader)  # ValueError listing the registered names
+    if incremental and not chosen.supports_incremental:
+        names = [n for n in reader_names() if get_reader(n).supports_incremental]
+        raise ValueError(f"--incremental applies to readers {', '.join(names)} only, not {reader!r}")
+    if budget_file is not None and not chosen.uses_budgets:
+        names = [n for n in reader_names() if get_reader(n).uses_budgets]
+        raise ValueError(f"--budget-file applies to readers {', '.join(names)} only, not {reader!r}")
+    return dev
 
 
 def _quiet_transformers() -> None:
@@ -484,6 +541,10 @@ def budgets_compute(
 
     if chunk <= 0:
         raise ValueError(f"--chunk must be > 0, got {chunk}")
+    if not Path(out).resolve().parent.is_dir():
+        raise ValueError(f"--out {out}: folder {Path(out).resolve().parent} does not exist")
+    _check_options(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens, audio_tokens=audio_tokens,
+                   device=device, dtype=dtype)
     m, _ = _session_for(model, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens, audio_tokens=audio_tokens,
                         no_audio=False, no_ttt=False, cg_iters=None, device=device, dtype=dtype, max_new_tokens=1)
     if m.audio is None:
@@ -606,6 +667,9 @@ def eval_mcq(
                            read_tokens=read_tokens, read_chunk=read_chunk, read_per_layer=read_per_layer,
                            budget_file=budget_file, omni_lambda=omni_lambda, incremental=incremental,
                            bank_step=bank_step)
+    _check_options(model, max_new_tokens=max_new_tokens, **session_options)
+    if json_out and not Path(json_out).resolve().parent.is_dir():
+        raise ValueError(f"--json {json_out}: folder {Path(json_out).resolve().parent} does not exist")
     if benchmark is not None:
         _eval_benchmark(benchmark, annotations, video_root, out, shard, model, method or "generate", max_new_tokens,
                         max_videos, session_options, memory_cache, context_seconds)

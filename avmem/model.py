@@ -31,18 +31,38 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .backbones.qwen import QwenVLBackbone, backbone_class
 from .backbones.tiny import save_tiny_backbone
 from .memory.ttt import TTTConfig, TTTMemory
+from .model_source import PRESETS, RELEASE_PRESETS, TINY_PRESETS, check_model_source
 
-TINY_PRESETS = {"tiny-qwen3-vl": ("qwen3_vl", "tiny"), "tiny-qwen2.5-vl": ("qwen2_5_vl", "tiny"),
-                "small-qwen3-vl": ("qwen3_vl", "small")}
-RELEASE_PRESETS = {"random-qwen3-vl-8b": "qwen3_vl", "random-qwen2.5-vl-7b": "qwen2_5_vl"}
-"""Full-size presets with random weights: name -> backbone kind."""
-PRESETS = tuple(sorted({**TINY_PRESETS, **RELEASE_PRESETS}))
+__all__ = ["PRESETS", "RELEASE_PRESETS", "TINY_PRESETS", "AVMemModel", "ModelSpec", "check_model_source",
+           "load_model", "load_safetensors"]
+
 MODEL_FILE = "avmem.json"
+
+
+def load_safetensors(file: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file.
+
+    Raises:
+        ValueError: one line: missing, or not a safetensors file (pickle-based ``torch.save`` files are refused).
+    """
+    file = Path(file)
+    if not file.is_file():
+        raise ValueError(f"{file}: missing weights file")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as exc:
+        with open(file, "rb") as fh:
+            head = fh.read(4)
+        pickled = head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+        why = ("a pickle-based torch.save file; such weights are not loaded (pickle can run code): convert them to "
+               "safetensors" if pickled else f"not a safetensors file ({str(exc).splitlines()[0]})")
+        raise ValueError(f"{file}: {why}") from None
 
 
 @dataclass
@@ -235,6 +255,7 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: to
         ValueError: unknown preset, unreadable folder, missing or mis-shaped tensors.
     """
     name = str(source)
+    check_model_source(name)
     if name in TINY_PRESETS:
         model = _build_tiny(*TINY_PRESETS[name], device, seed)
         if dtype is not None and dtype != torch.float32:
@@ -244,9 +265,7 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", dtype: to
         model = _build_release(RELEASE_PRESETS[name], device, dtype or torch.bfloat16, seed)
         model.source = name
         return _with_cg_iters(model, cg_iters)
-    if name.startswith(("tiny-", "small-", "random-")):
-        raise ValueError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")
-    path = Path(name)
+    path = Path(name).expanduser()
     if (path / MODEL_FILE).is_file():
         return _with_cg_iters(_load_avmem_folder(path, device, dtype), cg_iters)
     if path.is_dir():
@@ -348,6 +367,4 @@ def _load_mamba2(config: dict, tensors: dict[str, torch.Tensor]):
 
 
 def _tensors(file: Path) -> dict[str, torch.Tensor]:
-    if not file.is_file():
-        raise ValueError(f"{file}: missing weights file")
-    return load_file(str(file))
+    return load_safetensors(file)

@@ -21,14 +21,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from .backbones.qwen import backbone_class
 from .encoders.audio import AudioEncoder, AudioEncoderConfig
 from .memory.ttt import TTTConfig, TTTMemory
 from .memory.ttt.official import infer_config_fields, native_key, official_key
-from .model import AVMemModel, ModelSpec
+from .model import AVMemModel, ModelSpec, load_safetensors
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -72,7 +72,7 @@ def load_official_release(base: str | Path, adapter: str | Path, cg_iters: int |
     weights = adapter / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise ValueError(f"{adapter}: missing {ADAPTER_WEIGHTS}")
-    tensors = load_file(str(weights))
+    tensors = load_safetensors(weights)
     foreign = sorted(k for k in tensors if not _LORA.match(k) and native_key(k) is None)
     if foreign:
         raise ValueError(f"{weights}: holds tensors that are neither LoRA nor the TTT block/gate, e.g. '{foreign[0]}' "
@@ -237,10 +237,14 @@ def _base_tensors(base: Path, prefix: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"{base}: no .safetensors weight files")
     out: dict[str, torch.Tensor] = {}
     for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
-                if key.startswith(prefix):
-                    out[key] = handle.get_tensor(key)
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    if key.startswith(prefix):
+                        out[key] = handle.get_tensor(key)
+        except (SafetensorError, OSError):
+            load_safetensors(file)  # raises the one-line reason (e.g. a pickle-based file)
+            raise
     if not out:
         raise ValueError(f"{base}: no '{prefix}*' tensors (the audio encoder is missing from the base weights)")
     return out
