@@ -92,17 +92,17 @@ def demo(
                             model=model, plot=plot or None, device=device)
     settings.check()
     resolve_device(device)
+    if model is not None:
+        from .model_source import check_model_source
+
+        check_model_source(model)
+    _quiet_transformers()
     if json_out:
         print(json.dumps(run_demo(settings).to_dict()))
         return
-    answers = Table(title="questions asked while the clip plays")
-    for col in ("t", "task", "question", "model", "truth", ""):
-        answers.add_column(col)
-
     def on_answer(a) -> None:
         mark = "[green]yes[/green]" if a.correct else "[red]no[/red]"
         bar.console.print(f"  {_clock(a.asked_at)}  {a.question}  ->  {a.predicted}  (truth: {a.truth}) {mark}")
-        answers.add_row(_clock(a.asked_at), a.task, a.question, a.predicted, a.truth, mark)
 
     columns = (TextColumn("[bold]streaming[/bold] {task.completed:.0f}/{task.total:.0f} s of video"), BarColumn(),
                TimeElapsedColumn())
@@ -112,7 +112,6 @@ def demo(
         task = bar.add_task("stream", total=seconds)
         report = run_demo(settings, on_progress=lambda t, total: bar.update(task, completed=min(t, total)),
                           on_answer=on_answer)
-    console.print(answers)
     right = sum(a.correct for a in report.answers)
     live = [a for a in report.answers if a.task in LIVE_TASKS]
     past = [a for a in report.answers if a.task not in LIVE_TASKS]
@@ -693,6 +692,9 @@ def eval_mcq(
     for col in ("group", "n", "accuracy", "95% CI"):
         table.add_column(col)
     for name, row in summary.items():
+        if not row["n"]:  # e.g. no question outside the memory: no accuracy to show
+            table.add_row(name, "0", "-", "-")
+            continue
         table.add_row(name, str(row["n"]), f"{row['accuracy']:.3f}", f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]")
     console.print(table)
     if json_out:

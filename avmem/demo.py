@@ -197,9 +197,13 @@ def write_plot(report: DemoReport, path: str | Path) -> Path:
     top.plot(t, [p.audio_tokens_held for p in report.points], label="audio tokens in memory", color="C1")
     top.set_yscale("log")
     top.set_ylabel("tokens")
-    top.legend(loc="upper left", fontsize=8)
     for a in report.answers:
         top.axvline(a.asked_at, color="C2" if a.correct else "C3", alpha=0.25, lw=1)
+    from matplotlib.lines import Line2D
+
+    marks = [Line2D([], [], color="C2", alpha=0.5, lw=1, label="question answered right"),
+             Line2D([], [], color="C3", alpha=0.5, lw=1, label="question answered wrong")]
+    top.legend(handles=top.get_legend_handles_labels()[0] + marks, loc="upper left", fontsize=8)
     losses = [(p.t, p.ttt_loss) for p in report.points if p.ttt_loss is not None]
     if losses:
         bottom.plot(*zip(*losses), color="C4")
