@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[dev]'")
-from fastapi.testclient import TestClient  # noqa: E402
-from starlette.websockets import WebSocketDisconnect  # noqa: E402
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
-from avmem.model import load_model  # noqa: E402
-from avmem.serve import ServeConfig, create_app  # noqa: E402
-from avmem.serve.policy import PolicyError, check_container, check_source  # noqa: E402
-from avmem.serve.push import encode_message, image_size, parse_message  # noqa: E402
-from avmem.synth import write_test_pattern_clip  # noqa: E402
+from avmem.model import load_model
+from avmem.serve import ServeConfig, create_app
+from avmem.serve.policy import PolicyError, check_container, check_source
+from avmem.serve.push import encode_message, image_size, parse_message
+from avmem.synth import write_test_pattern_clip
 
 SMALL = dict(video_tokens=48, audio_tokens=32, chunk_frames=4, max_new_tokens=6)
 KEY_A, KEY_B = "a" * 16 + "-key-one", "b" * 16 + "-key-two"

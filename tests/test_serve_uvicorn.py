@@ -12,10 +12,10 @@ import time
 import pytest
 
 uvicorn = pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install -e '.[dev]'")
-from avmem.model import load_model  # noqa: E402
-from avmem.serve import ServeConfig, create_app  # noqa: E402
-from avmem.serve.cli import Client  # noqa: E402
-from avmem.synth import write_test_pattern_clip  # noqa: E402
+from avmem.model import load_model
+from avmem.serve import ServeConfig, create_app
+from avmem.serve.cli import Client
+from avmem.synth import write_test_pattern_clip
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

@@ -12,7 +12,7 @@ import importlib
 _NAMES = {"ServeConfig": ".config", "SessionManager": ".manager", "ServedSession": ".manager",
           "SourceSpec": ".manager", "create_app": ".app"}
 
-__all__ = sorted(_NAMES)
+__all__ = ["ServeConfig", "ServedSession", "SessionManager", "SourceSpec", "create_app"]
 
 
 def __getattr__(name: str):

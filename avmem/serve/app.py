@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..media import MediaError
 from .config import KeyRing, ServeConfig
-from .manager import LimitError, NotFound, SessionManager, SourceSpec, save_upload_to_temp
+from .manager import LimitError, NotFound, SessionManager, SourceSpec
 from .metrics import render_metrics
 from .policy import PolicyError, check_container, check_source, is_live_url
 from .push import PushedFrame, PushError, parse_message

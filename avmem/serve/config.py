@@ -53,7 +53,7 @@ class ServeConfig:
     snapshot_every: float = 300.0
     allow_local_files: bool = False
     allow_hosts: list[str] = field(default_factory=list)
-    session_defaults: dict = field(default_factory=dict)
+    session_defaults: dict = field(default_factory=lambda: {"chunk_frames": 16})
     ingest_queue: int = 64
     max_new_tokens: int = 512
     source_timeout: float = 10.0
