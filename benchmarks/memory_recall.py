@@ -17,6 +17,9 @@ Tasks (each stream ends with its queries; answers are classes):
 
 * ``recall``: ``pairs`` key -> value pairs, each seen once, at random places in the first eighth of the stream;
   the rest is random filler; every key is asked at the end (value classes, chance 1/values).
+* ``interfere``: ``recall`` plus ``distractors`` more key -> value pairs (keys from the same pool, never the asked
+  ones, values random) spread over the rest of the stream: as salient as the asked pairs and twice as many as the
+  token bank holds, so no memory can tell at writing time what will be asked (capacity at equal bytes).
 * ``count``: ``events`` event types occur 0..7 times each at random places; each type is asked how many times it
   occurred (8 classes, chance 1/8).
 * ``order``: ``events`` distinct events at random places in the first quarter; the end asks, for random pairs
@@ -53,7 +56,7 @@ from avmem.memory.ssm.mamba2 import Mamba2Config, Mamba2Memory, Mamba2State
 from avmem.memory.ttt import TTTConfig, TTTMemory, TTTState
 
 VARIANTS = ("ttt-hf", "ttt-sgd", "ttt-muon", "mamba2", "bank-discard", "bank-merge", "none")
-TASKS = ("recall", "count", "order")
+TASKS = ("recall", "count", "order", "interfere")
 
 FILLER = 64          # filler symbols (slot a ids 0..63)
 SYMBOLS = 64         # keys / events (slot a ids FILLER..FILLER+63)
@@ -77,6 +80,7 @@ class Bench:
     base_lr: float = 30.0
     pairs: int = 4
     keys: int = 32
+    distractors: int = 64
     events: int = 4
     count_types: int = 4
     train_length: int = 512
@@ -122,7 +126,7 @@ def make_streams(task: str, n: int, length: int, rng: np.random.Generator, bench
     a = rng.integers(0, FILLER, size=(n, length))
     b = np.zeros((n, length), dtype=np.int64)
     rows = np.arange(n)[:, None]
-    if task == "recall":
+    if task in ("recall", "interfere"):
         q = bench.pairs
         body = length - q
         keys = np.stack([rng.choice(bench.keys, q, replace=False) for _ in range(n)])
@@ -130,6 +134,13 @@ def make_streams(task: str, n: int, length: int, rng: np.random.Generator, bench
         where = np.stack([np.sort(rng.choice(max(q, body // 8), q, replace=False)) for _ in range(n)])
         a[rows, where] = FILLER + keys
         b[rows, where] = 1 + values
+        if task == "interfere":
+            m = bench.distractors
+            for i in range(n):
+                others = np.setdiff1d(np.arange(bench.keys), keys[i])
+                spots = body // 8 + rng.choice(body - body // 8, m, replace=False)
+                a[i, spots] = FILLER + rng.choice(others, m)
+                b[i, spots] = 1 + rng.integers(0, VALUES, m)
         order = np.stack([rng.permutation(q) for _ in range(n)])
         a[:, body:] = FILLER + np.take_along_axis(keys, order, 1)
         b[:, body:] = B_QUERY
@@ -397,7 +408,6 @@ def run(bench: Bench, tasks: list[str], variants: list[str], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(exist_ok=True)
     path = out / "results.jsonl"
-    done = {(r["task"], r["variant"], r["seed"], r["length"]) for r in load_results(path)}
     (out / "bench.json").write_text(json.dumps(asdict(bench), indent=1))
 
     def log(msg: str) -> None:
@@ -406,6 +416,8 @@ def run(bench: Bench, tasks: list[str], variants: list[str], out: Path) -> None:
     for task in tasks:
         for seed in bench.seeds:
             for variant in variants:
+                # read again before every cell: another process may be filling the same file with other tasks
+                done = {(r["task"], r["variant"], r["seed"], r["length"]) for r in load_results(path)}
                 todo = [n for n in bench.lengths if (task, variant, seed, n) not in done]
                 if not todo:
                     continue
@@ -435,8 +447,9 @@ def run(bench: Bench, tasks: list[str], variants: list[str], out: Path) -> None:
 
 def summarise(rows: list[dict]) -> dict[tuple[str, str, int], dict]:
     """(task, variant, length) -> mean accuracy over seeds with a 95 % t-interval over seeds and the costs."""
+    latest = {(r["task"], r["variant"], r["seed"], r["length"]): r for r in rows}  # a repeated cell counts once
     groups: dict[tuple[str, str, int], list[dict]] = {}
-    for r in rows:
+    for r in latest.values():
         groups.setdefault((r["task"], r["variant"], r["length"]), []).append(r)
     out = {}
     for key, rs in groups.items():
@@ -445,7 +458,7 @@ def summarise(rows: list[dict]) -> dict[tuple[str, str, int], dict]:
         out[key] = {"mean": float(acc.mean()), "half": float(half), "seeds": len(acc), "per_seed": acc.tolist(),
                     "chance": rs[0]["chance"], "distance_mean": float(np.mean([r["distance_mean"] for r in rs])),
                     "ms": float(np.median([r["ms_per_1k_tokens"] for r in rs])), "state_bytes": rs[0]["state_bytes"],
-                    "train_acc": float(np.mean([r["last_train_acc"] for r in rs])),
+                    "train_acc": float(np.mean([r["last_train_acc"] for r in rs])), "train_length": rs[0]["train_length"],
                     "train_s": float(np.mean([r["train_s"] for r in rs]))}
     return out
 
@@ -498,7 +511,7 @@ def plot(summ: dict, tasks: list[str], variants: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for i, v in enumerate(variants):
             pts = sorted((k[2], s) for k, s in summ.items() if k[0] == task and k[1] == v)
@@ -512,12 +525,17 @@ def plot(summ: dict, tasks: list[str], variants: list[str], path: Path) -> None:
         chance = next(s["chance"] for k, s in summ.items() if k[0] == task)
         ax.axhline(chance, color="0.5", lw=1, ls=":")
         ax.set_xscale("log")
+        ticks = sorted({k[2] for k in summ if k[0] == task})
+        ax.set_xticks(ticks, [f"{n / 1024:g}k" for n in ticks])
+        ax.minorticks_off()
         ax.set_ylim(0, 1.02)
         ax.set_title(f"{task} (chance {chance:.2f})", fontsize=9)
-        ax.set_xlabel("stream length = distance to the evidence (tokens)")
+        trained = next(s["train_length"] for k, s in summ.items() if k[0] == task)
+        ax.set_xlabel(f"stream length (tokens; trained on {trained})")
         ax.set_ylabel("accuracy")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -292,13 +292,21 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 print(f"== {name} seed {seed}", flush=True)
                 run_variant(name, seed, args, args.out)
+    keep = None
+    if args.max_videos is not None and args.test is not None and args.test.is_file():
+        from avmem.eval.mcq import load_annotations
+
+        keep = {video.stem for video, _ in load_annotations(args.test)[:args.max_videos]}
     rows = []
     for name in names:
         runs = []
         for seed in seeds:
             path = args.out / name / f"seed{seed}" / "results.json"
             if path.is_file():
-                runs.append(json.loads(path.read_text()))
+                run = json.loads(path.read_text())
+                if keep is not None:  # a run evaluated on more videos is reported on the same ones as the rest
+                    run["results"] = [q for q in run["results"] if q["question_id"].rsplit("-", 1)[0] in keep]
+                runs.append(run)
         if not runs:
             print(f"memory_study: no results for {name} in {args.out}", file=sys.stderr)
             return 2

@@ -106,3 +106,18 @@ def test_quick_run_is_resumable(mr, tmp_path):
     assert again[0] == rows[0] and len(again) == 2 and again[1]["variant"] == rows[1]["variant"]
     assert (tmp_path / "memory_recall.png").read_bytes()[:4] == b"\x89PNG"
     assert mr.main(["--quick", "--out", str(tmp_path), "--variants", "lstm"]) == 2
+
+
+def test_interfere_adds_distractor_pairs_that_are_never_asked(mr):
+    bench = mr.Bench.quick()
+    s = mr.make_streams("interfere", 3, 1024, np.random.default_rng(2), bench)
+    body = 1024 - bench.pairs
+    for i in range(3):
+        asked = set(s.a[i, body:])
+        pairs = np.flatnonzero(s.b[i, :body] > 0)
+        assert len(pairs) == bench.pairs + bench.distractors
+        late = pairs[pairs >= body // 8]
+        assert len(late) == bench.distractors and not asked & set(s.a[i, late])
+        for j in range(bench.pairs):  # the asked pairs are the ones early in the stream, answers as in recall
+            where = np.flatnonzero((s.a[i, :body] == s.a[i, body + j]) & (s.b[i, :body] > 0))
+            assert len(where) == 1 and where[0] < body // 8 and s.b[i, where[0]] - 1 == s.answers[i, j]
