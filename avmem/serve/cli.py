@@ -37,6 +37,9 @@ def serve_command(
     device: str = typer.Option("auto", help="torch device: auto, cpu, cuda, cuda:N."),
     dtype: str = typer.Option("auto", help="Weights dtype: auto, float32, bfloat16, float16."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    ray: bool = typer.Option(False, "--ray", help="Scale out on Ray Serve: --replicas replicas (a GPU each when the "
+                             "Ray cluster has GPUs) behind a session-affine router (RAY_ADDRESS: join a cluster)."),
+    replicas: int = typer.Option(2, "--replicas", help="Replicas with --ray."),
 ) -> None:
     """Serve live sessions over HTTP: an API (docs/serving.md), an OpenAI-compatible endpoint and a web page."""
     try:
@@ -62,6 +65,16 @@ def serve_command(
                          session_defaults={"fps": fps, "video_tokens": video_tokens, "audio_tokens": audio_tokens,
                                            "chunk_frames": chunk_frames})
     config.check()
+    if ray:
+        if replicas < 1:
+            raise ValueError(f"--replicas must be >= 1, got {replicas}")
+        try:
+            from .ray_app import run
+        except ImportError as exc:
+            raise ValueError(f"avmem serve --ray needs Ray Serve: pip install 'avmem[ray]' ({exc.name} is missing)") \
+                from None
+        run(config, replicas)
+        return
     app = create_app(config)
     if app.state.manager.restore_errors:
         print(f"avmem: note: {len(app.state.manager.restore_errors)} snapshot(s) skipped (see the log)",
