@@ -1073,6 +1073,52 @@ class StreamSession:
         self._busy_seconds += time.perf_counter() - start
 
     @_atomic
+    def stage_audio(self, samples: np.ndarray, audio_t: float | None = None) -> None:
+        """Add mono 16 kHz audio exactly as ``feed(audio=samples, audio_t=audio_t)`` does, but leave whole 30 s pieces
+        pending: :meth:`ready_audio` says how many samples can be taken, and
+        :func:`avmem.serve.batching.absorb_together` encodes several sessions' pieces in shared audio-encoder calls,
+        then :meth:`absorb_audio` finishes each session. Atomic, like :meth:`feed`."""
+        start = time.perf_counter()
+        settings = self.settings
+        self.settings = replace(settings, audio_pieces=1 << 40)  # _add_audio's own checks, without its encoding
+        try:
+            self._add_audio(samples, AUDIO_RATE, audio_t)
+        finally:
+            self.settings = settings
+            self._busy_seconds += time.perf_counter() - start
+
+    def ready_audio(self) -> int:
+        """Pending audio samples :meth:`feed` would have encoded by now: whole 30 s pieces, once ``audio_pieces`` of
+        them are pending (0 otherwise)."""
+        piece, pending = 30 * AUDIO_RATE, len(self.state.pending_audio)
+        return pending // piece * piece if self.settings.use_audio and pending >= self.settings.audio_pieces * piece \
+            else 0
+
+    @_atomic
+    @torch.no_grad()
+    def absorb_audio(self, tokens: Tensor, n: int) -> None:
+        """The audio bank (and audio log) on the encoder's tokens [num_tokens(n), D] of the first ``n`` pending
+        samples (``n`` a multiple of 30 s), piece by piece as the session's own encoding does. Atomic."""
+        piece, audio, st = 30 * AUDIO_RATE, self.model.audio, self.state
+        if n <= 0 or n % piece or n > len(st.pending_audio) or tokens.shape[0] != audio.num_tokens(n):
+            raise ValueError(f"absorb_audio: {n} samples of {len(st.pending_audio)} pending with "
+                             f"{tokens.shape[0]} tokens (whole 30 s pieces and their num_tokens needed)")
+        start = time.perf_counter()
+        st = replace(st)
+        tokens = tokens.to(self.model.backbone.dtype)
+        per = audio.num_tokens(piece)
+        for k in range(n // piece):
+            part = tokens[k * per:(k + 1) * per]
+            ids = torch.arange(st.audio_ids, st.audio_ids + part.shape[0], device=part.device)
+            st.audio_log = st.audio_log.appended(st.audio_ids, st.pending_audio_start)
+            st.audio_ids += part.shape[0]
+            st.pending_audio_start += piece / AUDIO_RATE
+            st.audio = self._audio_bank.append(st.audio, part, ids)
+        st.pending_audio = st.pending_audio[n:]
+        self.state = st
+        self._busy_seconds += time.perf_counter() - start
+
+    @_atomic
     @torch.no_grad()
     def _open_answer(self, question: str, prefix: str, since: float | None):
         return self._answer_start(question, prefix, since)

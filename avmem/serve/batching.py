@@ -1,15 +1,42 @@
-"""Vision-tower work of several sessions in shared calls (one model, many streams).
+"""Vision-tower and audio-encoder work of several sessions in shared calls (one model, many streams).
 
-The vision tower encodes every temporal patch (2 frames) on its own (its attention never crosses patches), so
-the patches of several sessions can go through one call. The TTT memory and the token banks are per session:
-each session carries its own fast weights, so their updates stay one call per session.
+The vision tower encodes every temporal patch (2 frames) on its own (its attention never crosses patches), and the
+audio encoder every 30 s piece on its own, so the patches and pieces of several sessions can go through one call.
+The TTT memory and the token banks are per session: each session carries its own fast weights, so their updates
+stay one call per session.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..session import StreamSession
+
+
+def absorb_audio_together(sessions: list[StreamSession], max_pieces: int = 16) -> list[tuple[StreamSession,
+                                                                                        BaseException]]:
+    """Encode the whole 30 s audio pieces pending in ``sessions`` (see ``StreamSession.stage_audio``) in shared
+    audio-encoder calls of at most ``max_pieces`` pieces, then put each session's tokens in its audio bank
+    (:meth:`StreamSession.absorb_audio`). Equal to each session encoding alone (``feed``), up to the encoder's
+    floating-point batching. Returns (session, exception) for the sessions whose bank update failed; a failing
+    encoder call raises and leaves every session as it was."""
+    members = [(s, n) for s in sessions if (n := s.ready_audio())]
+    if not members:
+        return []
+    audio = members[0][0].model.audio
+    samples = np.concatenate([s.state.pending_audio[:n] for s, n in members])
+    with torch.no_grad():
+        tokens = audio.encode(samples, max_batch_pieces=max_pieces)
+    failed, at = [], 0
+    for s, n in members:
+        count = audio.num_tokens(n)
+        try:
+            s.absorb_audio(tokens[at:at + count], n)
+        except Exception as exc:  # noqa: BLE001 - reported per session, the others go on
+            failed.append((s, exc))
+        at += count
+    return failed
 
 
 def absorb_together(sessions: list[StreamSession]) -> list[tuple[StreamSession, BaseException]]:

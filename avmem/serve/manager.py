@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..media import AudioChunk, LiveSource, MediaError, PushSource, VideoFrame
-from ..session import SessionSettings, StreamSession
+from ..session import AUDIO_RATE, SessionSettings, StreamSession
 from . import snapshots
-from .batching import absorb_together
+from .batching import absorb_audio_together, absorb_together
 from .config import SESSION_SETTING_KEYS, ServeConfig
 from .policy import PolicyError, check_url
 
@@ -202,32 +202,46 @@ class SessionManager:
         return any(e.queue for e in self._sessions.values())
 
     def _ingest_round(self) -> None:
-        """Stage every session's queued items; absorb the complete chunks of all sessions together."""
+        """Stage every session's queued items; absorb the complete chunks (vision tower) and whole audio pieces
+        (audio encoder) of all sessions together."""
         with self._cond:
             entries = [e for e in self._sessions.values() if e.queue and not e.closed]
         ready = []
         for e in entries:
             self._drain(e)
-            if e.session.ready_frames():
+            if e.session.ready_frames() or e.session.ready_audio():
                 ready.append(e)
             self._run_jobs()  # asks first
-        if not ready:
-            return
         live = [e for e in ready if not e.closed]
-        by_session = {id(e.session): e for e in live}
+        if not live:
+            return
+        self._absorb([e for e in live if e.session.ready_frames()], absorb_together, "ready_frames", "pending_frames")
+        self._run_jobs()
+        self._absorb([e for e in live if e.session.ready_audio()], absorb_audio_together, "ready_audio",
+                     "pending_audio")
+        for e in live:
+            self._refresh(e)
+
+    def _absorb(self, entries: list[ServedSession], together, ready: str, pending: str) -> None:
+        """Run ``together`` (a shared-call absorb of :mod:`avmem.serve.batching`) on the sessions; a session whose
+        absorb fails loses the input it could not absorb (frames counted as drops) instead of retrying forever."""
+        if not entries:
+            return
+        by_session = {id(e.session): e for e in entries}
         try:
-            failed = absorb_together([e.session for e in live])
-        except Exception as exc:  # noqa: BLE001 - the shared tower call failed: no session changed
-            failed = [(e.session, exc) for e in live]
+            failed = together([e.session for e in entries])
+        except Exception as exc:  # noqa: BLE001 - the shared call failed: no session changed
+            failed = [(e.session, exc) for e in entries]
         for session, exc in failed:
             e = by_session[id(session)]
             e.ingest_error = _one_line(exc)
             log.error("avmem serve: session %s: ingest failed: %s", e.id, e.ingest_error)
-            n = session.ready_frames()  # frames that cannot be absorbed are dropped (counted), not retried forever
-            session.state.pending_frames = session.state.pending_frames[n:]
-            e.queue_drops += n
-        for e in live:
-            self._refresh(e)
+            n = getattr(session, ready)()
+            setattr(session.state, pending, getattr(session.state, pending)[n:])
+            if pending == "pending_frames":
+                e.queue_drops += n
+            else:  # the audio after the dropped samples keeps its times
+                session.state.pending_audio_start += n / AUDIO_RATE
 
     def _drain(self, e: ServedSession) -> None:
         """Stage the queued items of one session (frames wait in the session until a whole chunk is there)."""
@@ -244,7 +258,7 @@ class SessionManager:
                     frames.append(item.image)
                     times.append(item.t + offset)
                 elif isinstance(item, AudioChunk) and e.session.settings.use_audio:
-                    e.session.feed(audio=item.samples, audio_t=item.t + offset)
+                    e.session.stage_audio(item.samples, item.t + offset)
             if frames:
                 e.session.stage_frames(frames, times)
                 now = time.monotonic()
@@ -496,9 +510,10 @@ class SessionManager:
         if not self.config.snapshot_dir:
             raise ValueError("the server has no --snapshot-dir")
         self._drain(e)
-        if e.session.ready_frames():  # a snapshot holds less than one chunk pending, as a session fed alone does
-            for _, exc in absorb_together([e.session]):
-                raise exc
+        # a snapshot holds less than one chunk of frames and one batch of audio pieces pending, as a session fed
+        # alone does
+        for _, exc in absorb_together([e.session]) + absorb_audio_together([e.session]):
+            raise exc
         return str(snapshots.write_snapshot(self.config.snapshot_dir, e.id, e.session, self._served(e)))
 
     def snapshot_all_now(self) -> int:
