@@ -96,9 +96,10 @@ async function startCamera(s) {
   }
   state.media = media;
   showPlayer({ stream: media });
-  const created = await api("POST", "/v1/sessions", { push: true, settings: s });
+  const hasAudio = media.getAudioTracks().length > 0;  // without a microphone, frames must not wait for audio
+  const created = await api("POST", "/v1/sessions", { push: true, settings: hasAudio ? s : { ...s, use_audio: false } });
   const info = await api("GET", `/v1/sessions/${created.id}`);
-  openPush(created.id, s.fps, info.settings.use_audio && media.getAudioTracks().length > 0);
+  openPush(created.id, s.fps, info.settings.use_audio && hasAudio);
   return created;
 }
 
