@@ -262,6 +262,7 @@ def test_validation_errors_are_clear_4xx(client, clip):
         (client.post(f"/v1/sessions/{sid}/ask", json={"question": "q", "max_new_tokens": 0}), 400, "max_new_tokens"),
         (client.post(f"/v1/sessions/{sid}/ask", json={"question": "q", "stream": "yes"}), 400, "bool"),
         (client.post(f"/v1/sessions/{sid}/ask", json={"question": "q"}), 400, "nothing has been fed"),
+        (client.post(f"/v1/sessions/{sid}/ask", json={"question": "q", "stream": True}), 400, "nothing has been fed"),
         (client.post("/v1/sessions/nope/ask", json={"question": "q"}), 404, "no session"),
         (client.post(f"/v1/sessions/{sid}/snapshot"), 409, "snapshot-dir"),
     ]

@@ -9,6 +9,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -171,21 +173,14 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
         except ValueError as exc:
             raise ApiError(400, str(exc).splitlines()[0]) from None
 
-    async def save_upload(request: Request, stream) -> str:
-        limit = config.max_upload_bytes
-
-        async def chunks():
-            async for chunk in stream:
-                yield chunk
-
-        pieces, size, head = [], 0, b""
-        import os
-        import tempfile
-
+    async def save_upload(stream) -> str:
+        """Write an async iterable of byte chunks to a temporary file: at most ``max_upload_bytes`` (413), not empty
+        (400), starting like a known media container (415). Returns the path (the caller owns the file)."""
+        limit, size, head = config.max_upload_bytes, 0, b""
         fd, path = tempfile.mkstemp(prefix="avmem-upload-", suffix=".media")
         try:
             with os.fdopen(fd, "wb") as f:
-                async for chunk in chunks():
+                async for chunk in stream:
                     size += len(chunk)
                     if size > limit:
                         raise ApiError(413, f"upload over the limit of {limit} bytes")
@@ -201,7 +196,6 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
         except BaseException:
             Path(path).unlink(missing_ok=True)
             raise
-        del pieces
         return path
 
     @app.get("/health")
@@ -260,7 +254,7 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
                             return
                         yield chunk
 
-                path = await save_upload(request, read_parts())
+                path = await save_upload(read_parts())
             finally:
                 await form.close()
             e = await asyncio.to_thread(create_session, owner, SourceSpec("upload", path, live), settings, path)
@@ -268,7 +262,7 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
             length = request.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > config.max_upload_bytes:
                 raise ApiError(413, f"upload over the limit of {config.max_upload_bytes} bytes")
-            path = await save_upload(request, request.stream())
+            path = await save_upload(request.stream())
             settings = _form_json(request.query_params.get("settings"))
             live = request.query_params.get("live", "false").lower() in ("1", "true", "yes")
             e = await asyncio.to_thread(create_session, owner, SourceSpec("upload", path, live), settings, path)
@@ -300,45 +294,42 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
         path = await asyncio.wrap_future(manager.call(lambda: manager.snapshot_now(e)))
         return {"id": sid, "snapshot": Path(path).name}
 
-    async def answer(e, question: str, max_new_tokens: int | None, since: float | None, stream: bool, request,
-                     sse_format):
-        """JSON {"answer"} or a streaming response of SSE events built by ``sse_format``."""
-        try:
-            if not stream:
-                job = manager.ask_job(e, question, max_new_tokens, lambda _piece: True, since)
-                return await asyncio.wrap_future(manager.call(job))
-            loop = asyncio.get_running_loop()
-            pieces: asyncio.Queue = asyncio.Queue()
-            gone = asyncio.Event()
-            cancelled = []
+    async def answer(e, question: str, max_new_tokens: int | None, since: float | None, stream: bool, sse_format):
+        """The answer as JSON ``{"answer", "tokens", "finish_reason"}``, or (``stream``) a response of server-sent
+        events built by ``sse_format(piece, None)`` per text piece and ``sse_format(None, result)`` at the end. A
+        question that cannot be answered fails before the stream starts (400 / 404); a client that disconnects
+        stops generation at the next token."""
+        if not stream:
+            job = manager.ask_job(e, question, max_new_tokens, lambda _piece: True, since)
+            return await asyncio.wrap_future(manager.call(job))
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+        cancelled: list[bool] = []
 
-            def on_piece(piece: str) -> bool:
-                if cancelled:
-                    return False
-                loop.call_soon_threadsafe(pieces.put_nowait, piece)
-                return True
+        def on_piece(piece: str) -> bool:
+            if cancelled:
+                return False
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+            return True
 
-            job = manager.ask_job(e, question, max_new_tokens, on_piece, since)
-        except ValueError as exc:
-            raise ApiError(400, str(exc).splitlines()[0]) from None
-        future = asyncio.wrap_future(manager.call(job))
-        future.add_done_callback(lambda _f: loop.call_soon_threadsafe(pieces.put_nowait, None))
+        future = asyncio.wrap_future(manager.call(manager.ask_job(e, question, max_new_tokens, on_piece, since)))
+        future.add_done_callback(lambda _f: pieces.put_nowait(None))
+        first = await pieces.get()
+        if first is None:
+            future.result()  # raises what made the question fail (before any event is sent)
 
         async def events():
             try:
-                while True:
-                    piece = await pieces.get()
-                    if piece is None:
-                        break
+                piece = first
+                while piece is not None:
                     yield sse_format(piece, None)
+                    piece = await pieces.get()
                 try:
-                    result = future.result()
-                    yield sse_format(None, result)
+                    yield sse_format(None, future.result())
                 except (ValueError, NotFound) as exc:
                     yield f"event: error\ndata: {json.dumps({'error': {'message': str(exc).splitlines()[0]}})}\n\n"
             finally:
-                cancelled.append(True)  # client gone (or done): generation stops at the next token
-                gone.set()
+                cancelled.append(True)  # done, or the client is gone: generation stops at the next token
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -358,7 +349,7 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
             return f"event: done\ndata: {json.dumps(result)}\n\n"
 
         try:
-            out = await answer(e, question, max_new, since, stream, request, sse)
+            out = await answer(e, question, max_new, since, stream, sse)
         except ValueError as exc:
             raise ApiError(400, str(exc).splitlines()[0]) from None
         except NotFound:
@@ -466,7 +457,7 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
             return head + chunk({}, finish) + "data: [DONE]\n\n"
 
         try:
-            out = await answer(e, question, max_new, since, stream, request, sse)
+            out = await answer(e, question, max_new, since, stream, sse)
         except ValueError as exc:
             raise ApiError(400, str(exc).splitlines()[0]) from None
         finally:
@@ -505,7 +496,7 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
             async def one():
                 yield data
 
-            path = await save_upload(None, one())
+            path = await save_upload(one())
             return await asyncio.to_thread(create_session, owner, SourceSpec("upload", path, False), None, path, True)
         try:
             checked, is_url = await asyncio.to_thread(check_source, url, config)

@@ -14,9 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import inspect
 import logging
-import os
 import secrets
-import tempfile
 import threading
 import time
 from collections import deque
@@ -607,20 +605,3 @@ def _load_session(path: Path, model, settings: dict | None) -> StreamSession:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def save_upload_to_temp(chunks, limit: int, suffix: str = ".media") -> str:
-    """Write an iterable of byte chunks to a temporary file, refusing more than ``limit`` bytes (LimitError)."""
-    fd, path = tempfile.mkstemp(prefix="avmem-upload-", suffix=suffix)
-    size = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise LimitError(f"upload over the limit of {limit} bytes")
-                f.write(chunk)
-    except BaseException:
-        Path(path).unlink(missing_ok=True)
-        raise
-    return path
