@@ -387,6 +387,17 @@ def test_snapshots_restore_after_restart_and_skip_corrupt_ones(model, clip, tmp_
     assert not (snaps / sid).exists() and not (snaps / sid / ".tmp-crashed").exists()
 
 
+def test_periodic_snapshots(model, tmp_path):
+    with TestClient(create_app(config(snapshot_dir=str(tmp_path), snapshot_every=0.2), model)) as c:
+        sid = c.post("/v1/sessions", json={"push": True}).json()["id"]
+        with c.websocket_connect(f"/v1/sessions/{sid}/push") as ws:
+            ws.send_bytes(frame_message(0.0, 9))
+            end_push(ws)
+        first = wait_for(lambda: sorted((tmp_path / sid).glob("gen-*")))[-1].name
+        wait_for(lambda: sorted((tmp_path / sid).glob("gen-*"))[-1].name > first)  # and again
+        assert len(list((tmp_path / sid).glob("gen-*"))) <= 2  # older generations are removed
+
+
 def test_slow_live_session_drops_frames_and_stays_bounded(model):
     app = create_app(config(ingest_queue=2), model)
     manager = app.state.manager
