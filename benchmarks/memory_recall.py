@@ -474,7 +474,8 @@ def report(rows: list[dict], out: Path) -> str:
         chance = next(v["chance"] for k, v in summ.items() if k[0] == task)
         train_len = next(r["train_length"] for r in rows if r["task"] == task)
         lines += [f"**{task}** (chance {chance:.3f}; trained on {train_len}-token streams; mean accuracy over seeds "
-                  "± 95 % t-interval over seeds; last column: training accuracy at the end)", "",
+                  "± 95 % t-interval over seeds (each seed's accuracy); last column: training accuracy at the end)",
+                  "",
                   "| memory | " + " | ".join(f"{n:,} tokens" for n in lengths) + " | train |",
                   "|---|" + "---|" * (len(lengths) + 1)]
         for v in variants:
@@ -485,8 +486,9 @@ def report(rows: list[dict], out: Path) -> str:
                     cells.append("-")
                     continue
                 train_acc = s["train_acc"]
-                pm = "" if math.isnan(s["half"]) else f" ± {s['half']:.3f}"
-                cells.append(f"{s['mean']:.3f}{pm} ({s['seeds']})")
+                pm = "" if math.isnan(s["half"]) else f" ± {s['half']:.2f}"
+                cells.append(f"{s['mean']:.2f}{pm} ("
+                             + " / ".join(f"{a:.2f}" for a in s["per_seed"]) + ")")
             if train_acc is not None:
                 lines.append(f"| {v} | " + " | ".join(cells) + f" | {train_acc:.3f} |")
         dist = [summ[k]["distance_mean"] for k in sorted(summ) if k[0] == task and k[1] == variants[0]]
