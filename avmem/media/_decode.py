@@ -104,15 +104,20 @@ def pick_video(container: av.container.InputContainer) -> av.video.stream.VideoS
     """The first video stream that is not cover art (attached picture)."""
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:
+            if stream.codec_context is None:
+                raise MediaError(f"{container.name.removeprefix('file:')}: the video stream's codec is unknown (no decoder)")
             return stream
     return None
 
 
 def pick_audio(container: av.container.InputContainer) -> av.audio.stream.AudioStream | None:
-    """FFmpeg's best audio stream, None when there is none."""
+    """FFmpeg's best audio stream with a decoder, None when there is none."""
     if not container.streams.audio:
         return None
-    return container.streams.best("audio")
+    best = container.streams.best("audio")
+    if best is not None and best.codec_context is not None:
+        return best
+    return next((s for s in container.streams.audio if s.codec_context is not None), None)
 
 
 def sample_aspect(stream: av.video.stream.VideoStream) -> Fraction:

@@ -247,13 +247,15 @@ class _StreamReader:
                 return
             except av.error.ExitError:
                 raise
-            except av.error.FFmpegError as exc:
+            except (av.error.FFmpegError, IndexError) as exc:
+                # IndexError: PyAV meeting a packet of a stream that appeared mid-file (damaged MPEG-TS); reading
+                # resumes demuxing this stream alone.
                 self._damaged(exc)
                 failures += 1
                 if failures > self.MAX_READ_ERRORS or isinstance(exc, av.error.EOFError):
                     self.stopped = _reason(exc)
                     return
-                demux = self.container.demux()
+                demux = self.container.demux(self.stream) if isinstance(exc, IndexError) else self.container.demux()
                 continue
             failures = 0
             if packet.pts is not None and packet.time_base is not None:
