@@ -25,17 +25,17 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[dev]'")
-import httpx  # noqa: E402
-from websockets.sync.client import connect  # noqa: E402
+import httpx
+from websockets.sync.client import connect
 
-from avmem.model import load_model  # noqa: E402
-from avmem.serve import ServeConfig, create_app  # noqa: E402
-from avmem.serve.background import BackgroundServer, free_port  # noqa: E402
-from avmem.serve.push import encode_message  # noqa: E402
-from avmem.synth import write_test_pattern_clip  # noqa: E402
+from avmem.model import load_model
+from avmem.serve import ServeConfig, create_app
+from avmem.serve.background import BackgroundServer, free_port
+from avmem.serve.push import encode_message
+from avmem.synth import write_test_pattern_clip
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = dict(video_tokens=48, audio_tokens=32, chunk_frames=4, max_new_tokens=6)
+SMALL = {"video_tokens": 48, "audio_tokens": 32, "chunk_frames": 4, "max_new_tokens": 6}
 
 
 class ServerProcess:
@@ -49,7 +49,7 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90.0) -> "ServerProcess":
+    def start(self, timeout: float = 90.0) -> ServerProcess:
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.proc = subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
@@ -230,7 +230,7 @@ class StallingHandler(http.server.BaseHTTPRequestHandler):
     payload = b""
     release = threading.Event()
 
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Type", "video/mp2t")
         self.end_headers()

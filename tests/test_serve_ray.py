@@ -14,14 +14,14 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[dev]'")
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed: pip install -e '.[ray]'")
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install -e '.[ray]'")
-from websockets.sync.client import connect  # noqa: E402
+from websockets.sync.client import connect
 
-from avmem.serve import ServeConfig  # noqa: E402
-from avmem.serve.background import free_port  # noqa: E402
-from avmem.serve.push import encode_message  # noqa: E402
-from avmem.synth import write_test_pattern_clip  # noqa: E402
+from avmem.serve import ServeConfig
+from avmem.serve.background import free_port
+from avmem.serve.push import encode_message
+from avmem.synth import write_test_pattern_clip
 
-SMALL = dict(video_tokens=48, audio_tokens=32, chunk_frames=4, max_new_tokens=6)
+SMALL = {"video_tokens": 48, "audio_tokens": 32, "chunk_frames": 4, "max_new_tokens": 6}
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,14 @@ if not CHROMIUM or not CHROMEDRIVER:
     pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)",
                 allow_module_level=True)
 
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
-from avmem.model import load_model  # noqa: E402
-from avmem.serve import ServeConfig, create_app  # noqa: E402
-from avmem.serve.background import BackgroundServer  # noqa: E402
-from avmem.synth import write_test_pattern_clip  # noqa: E402
+from avmem.model import load_model
+from avmem.serve import ServeConfig, create_app
+from avmem.serve.background import BackgroundServer
+from avmem.synth import write_test_pattern_clip
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 KEY = "web-test-key-0123456789"
@@ -35,7 +36,8 @@ KEY = "web-test-key-0123456789"
 @pytest.fixture(scope="module")
 def server():
     config = ServeConfig(model="tiny-qwen3-vl", api_keys=[KEY],
-                         session_defaults=dict(video_tokens=64, audio_tokens=32, chunk_frames=4, max_new_tokens=12))
+                         session_defaults={"video_tokens": 64, "audio_tokens": 32, "chunk_frames": 4,
+                                           "max_new_tokens": 12})
     with BackgroundServer(create_app(config, load_model("tiny-qwen3-vl"))) as url:
         yield url
 
@@ -66,7 +68,7 @@ def browser():
 def wait(driver, predicate, timeout: float = 60.0, what: str = ""):
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: predicate(d))
-    except Exception:
+    except TimeoutException:
         logs = driver.find_element(By.ID, "log").text
         raise AssertionError(f"timed out waiting for {what}; page log: {logs!r}") from None
 

@@ -463,7 +463,7 @@ def app_builder(args: dict):
     config = ServeConfig(model=args.get("model", "tiny-qwen3-vl"), device=args.get("device", "auto"),
                          dtype=args.get("dtype", "auto"), api_keys=keys, snapshot_dir=args.get("snapshot_dir"),
                          max_sessions=int(args.get("max_sessions", 64)),
-                         host="0.0.0.0" if keys else "127.0.0.1")  # noqa: S104 - only with API keys
+                         host="0.0.0.0" if keys else "127.0.0.1")
     return build(config, int(args.get("replicas", 2)))
 
 
