@@ -126,7 +126,7 @@ def check_media(records: Sequence[Record], n: int, fetch_urls: bool = False) -> 
     for record in records[:n]:
         total: float | None = 0.0
         for path in record.videos:
-            if is_url(path) and not fetch_urls:
+            if is_url(str(path)) and not fetch_urls:
                 unchecked += 1
                 total = None
                 continue
