@@ -19,6 +19,37 @@ from .runtime import resolve_device, resolve_dtype
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Long audio-visual streams under a fixed memory budget.")
 console = Console()
+_VERBOSE = False  # -v/--verbose: third-party warnings, logs and progress bars reach the terminal
+
+
+@app.callback()
+def _app_options(verbose: bool = typer.Option(False, "-v", "--verbose", help="Show third-party warnings, logs and "
+                                              "progress bars (hidden by default).")) -> None:
+    """Long audio-visual streams under a fixed memory budget."""
+    _quiet_terminal(verbose)
+
+
+def _quiet_terminal(verbose: bool) -> None:
+    """The one place the CLI decides what third-party output reaches the terminal. Unless ``verbose``: Python
+    warnings show only when avmem's own code raises them (UserWarning / RuntimeWarning and their subclasses, such
+    as MediaWarning; not deprecations), and transformers / huggingface_hub log errors only and draw no progress
+    bars (their environment variables, read when they are imported; :func:`_quiet_transformers` once they are)."""
+    import os
+    import warnings
+
+    global _VERBOSE
+    _VERBOSE = verbose
+    if verbose:
+        return
+    for key, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_VERBOSITY", "error"),
+                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+                       ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore")
+    for category in (UserWarning, RuntimeWarning):
+        warnings.filterwarnings("default", category=category, module=r"avmem(\.|$)")
+    if "transformers" in sys.modules or "huggingface_hub" in sys.modules:
+        _quiet_transformers()
 
 
 MODEL_OPT = typer.Option(None, "--model", help="Model folder, hub id, or a random-weight preset: random-qwen3-vl-8b / "
@@ -104,14 +135,24 @@ def demo(
         mark = "[green]yes[/green]" if a.correct else "[red]no[/red]"
         bar.console.print(f"  {_clock(a.asked_at)}  {a.question}  ->  {a.predicted}  (truth: {a.truth}) {mark}")
 
-    columns = (TextColumn("[bold]streaming[/bold] {task.completed:.0f}/{task.total:.0f} s of video"), BarColumn(),
-               TimeElapsedColumn())
+    labels = {"load": "[bold]loading[/bold] the demo model", "generate": f"[bold]generating[/bold] the {seconds} s clip",
+              "stream": f"[bold]streaming[/bold] 0/{seconds} s of video"}
+    stages: dict[str, int] = {}
+
+    def on_stage(name: str) -> None:  # the previous stage is done (its row keeps its time), the next one starts
+        for t in stages.values():
+            bar.update(t, total=1, completed=1)
+        stages[name] = bar.add_task(labels[name], total=seconds if name == "stream" else None)
+
+    def on_progress(t: float, total: float) -> None:
+        done = min(t, total)
+        bar.update(stages["stream"], completed=done,
+                   description=f"[bold]streaming[/bold] {done:.0f}/{total:.0f} s of video")
+
     console.print(f"avmem demo: generating a {seconds} s synthetic clip (shapes with digits on coloured scenes, "
                   f"beeps and chirps), then streaming it at 1 FPS through the demo model")
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("stream", total=seconds)
-        report = run_demo(settings, on_progress=lambda t, total: bar.update(task, completed=min(t, total)),
-                          on_answer=on_answer)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
+        report = run_demo(settings, on_progress=on_progress, on_answer=on_answer, on_stage=on_stage)
     right = sum(a.correct for a in report.answers)
     live = [a for a in report.answers if a.task in LIVE_TASKS]
     past = [a for a in report.answers if a.task not in LIVE_TASKS]
@@ -192,9 +233,9 @@ def _check_options(model_name: str | None, *, fps: float | None = None, max_pixe
                    read_tokens: int | None = None, read_chunk: int | None = None, budget_file: str | None = None,
                    omni_lambda: float = 0.02, incremental: bool = False, bank_step: int | None = None, **_):
     """Check the model name and every session option before anything heavy is imported or loaded: the cheap
-    checks first (the model name: preset, folder, or hub id in the local cache or one bounded request; ranges,
-    names, files), then the device (imports torch) and the reader's name (imports the readers). Returns the
-    torch device.
+    checks first (ranges, names, files, the reader's name and traits from :mod:`avmem.reader_catalog`), then the
+    model name (preset, folder, or hub id in the local cache or one bounded request), then the device (imports
+    torch). Returns the torch device.
 
     Raises:
         ValueError: one line naming the option.
@@ -223,26 +264,33 @@ def _check_options(model_name: str | None, *, fps: float | None = None, max_pixe
         raise ValueError(f"--omni-lambda must be a finite number, got {omni_lambda}")
     if budget_file is not None and not Path(budget_file).is_file():
         raise ValueError(f"--budget-file {budget_file}: no such file")
+    from .reader_catalog import READERS, reader_traits
+
+    chosen = reader_traits(reader)  # ValueError listing the reader names (a light table: no torch import)
+    if incremental and not chosen.supports_incremental:
+        names = [n for n, t in READERS.items() if t.supports_incremental]
+        raise ValueError(f"--incremental applies to readers {', '.join(names)} only, not {reader!r}")
+    if budget_file is not None and not chosen.uses_budgets:
+        names = [n for n, t in READERS.items() if t.uses_budgets]
+        raise ValueError(f"--budget-file applies to readers {', '.join(names)} only, not {reader!r}")
     check_model_source(model_name)
     dev = resolve_device(device)
     resolve_dtype(dtype)
-    from .memory.kv.readers import get_reader, reader_names
-
-    chosen = get_reader(reader)  # ValueError listing the registered names
-    if incremental and not chosen.supports_incremental:
-        names = [n for n in reader_names() if get_reader(n).supports_incremental]
-        raise ValueError(f"--incremental applies to readers {', '.join(names)} only, not {reader!r}")
-    if budget_file is not None and not chosen.uses_budgets:
-        names = [n for n in reader_names() if get_reader(n).uses_budgets]
-        raise ValueError(f"--budget-file applies to readers {', '.join(names)} only, not {reader!r}")
     return dev
 
 
 def _quiet_transformers() -> None:
+    """Unless -v: transformers and huggingface_hub (imported by now) log errors only and draw no progress bars."""
+    if _VERBOSE:
+        return
     import transformers
+    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import logging as hub_logging
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()
+    disable_progress_bars()
 
 
 def _media_report(stats, fps: float) -> dict:
@@ -576,6 +624,9 @@ def budgets_show(
     """Print (and plot) a budget file."""
     from .memory.kv.budgets import BudgetSchedule
 
+    if png and (Path(png).is_dir() or not Path(png).parent.is_dir()):
+        raise ValueError(f"--png {png}: " + ("is a folder" if Path(png).is_dir() else
+                                             f"folder {Path(png).parent} does not exist"))
     schedule = BudgetSchedule.load(file)
     rows = [(i, b.audio, b.visual, b.total if b.total is not None else b.audio + b.visual)
             for i, b in enumerate(schedule.layers)]
@@ -598,7 +649,12 @@ def budgets_show(
         ax.set_title(file)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(png, dpi=120)
+        try:
+            fig.savefig(png, dpi=120)
+        except (OSError, ValueError) as exc:  # not writable, or a file type matplotlib cannot write
+            raise ValueError(f"--png {png}: {str(exc).strip().splitlines()[0]}") from None
+        finally:
+            plt.close(fig)
     if json_out:
         print(json.dumps({"layers": [{"layer": i, "audio": a, "visual": v, "total": t} for i, a, v, t in rows],
                           "mean_per_layer": schedule.total_tokens() / len(schedule)}))

@@ -25,6 +25,7 @@ from .synth.benchmark import LIVE_TASKS
 
 DEMO_MODEL = Path(__file__).parent / "demo_model"
 DEMO_TASKS = LIVE_TASKS + ("scene_shape",)  # what the demo model was trained on
+CANDIDATES_PER_QUESTION = 3  # questions drawn per one asked: repeats at one ask time are dropped
 
 
 @dataclass
@@ -117,27 +118,36 @@ def load_demo_model(source: str | None = None, device: str = "auto"):
 
 
 def run_demo(settings: DemoSettings, on_progress: Callable[[float, float], None] | None = None,
-             on_answer: Callable[[DemoAnswer], None] | None = None) -> DemoReport:
-    """Generate the clip, stream it asking the questions at their times, return the report (and write the plot)."""
+             on_answer: Callable[[DemoAnswer], None] | None = None,
+             on_stage: Callable[[str], None] | None = None) -> DemoReport:
+    """Generate the clip, stream it asking the questions at their times, return the report (and write the plot).
+
+    ``on_stage`` is told each stage as it starts: "load" (the model), "generate" (the clip), "stream";
+    ``on_progress(t, total)`` follows the stream in seconds of video.
+    """
     from .eval.mcq import stream_and_ask
     from .media import VideoFrame
     from .session import SessionSettings, StreamSession
     from .synth.benchmark import LETTERS, generate
 
     settings.check()
+    stage = on_stage or (lambda name: None)
+    stage("load")
     model = load_demo_model(settings.model, settings.device)
     report = DemoReport(settings=settings)
     with tempfile.TemporaryDirectory() as tmp:
+        stage("generate")
         t0 = time.perf_counter()
         video = generate(tmp, "demo", 1, seconds=(settings.seconds, settings.seconds), size=(settings.size,) * 2,
-                         fps=1, seed=settings.seed, questions=settings.questions, times=settings.asks,
-                         tasks=DEMO_TASKS, style="open")[0]
+                         fps=1, seed=settings.seed, questions=CANDIDATES_PER_QUESTION * settings.questions,
+                         times=settings.asks, tasks=DEMO_TASKS, style="open")[0]
+        questions = distinct_questions(video.questions, settings.questions)
         report.generate_s = time.perf_counter() - t0
+        stage("stream")
         t0 = time.perf_counter()
         session = StreamSession(model, SessionSettings(fps=1.0, max_pixels=9216, video_tokens=settings.video_tokens,
                                                        audio_tokens=settings.audio_tokens, bank_step=32,
                                                        chunk_frames=16))
-        questions = list({(q.asked_at, q.question): q for q in video.questions}.values())  # no repeats at one time
         next_point = [0.0]
 
         def on_item(item) -> None:
@@ -170,6 +180,19 @@ def run_demo(settings: DemoSettings, on_progress: Callable[[float, float], None]
     if settings.plot:
         report.plot = str(write_plot(report, settings.plot))
     return report
+
+
+def distinct_questions(candidates: list, n: int) -> list:
+    """The first ``n`` candidates, in the order they were drawn (task types and ask times in turn), that do not
+    repeat a question already asked at the same time; sorted by ask time. Fewer only when the clip cannot
+    support ``n`` distinct questions."""
+    drawn = sorted(candidates, key=lambda q: int(q.question_id.rsplit("-", 1)[1]))
+    kept: dict[tuple[float, str], object] = {}
+    for q in drawn:
+        kept.setdefault((q.asked_at, q.question), q)
+        if len(kept) == n:
+            break
+    return sorted(kept.values(), key=lambda q: q.asked_at)
 
 
 def _point(session, t: float, elapsed: float) -> DemoPoint:

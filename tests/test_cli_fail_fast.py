@@ -120,3 +120,30 @@ def test_pickle_weights_are_refused_in_one_line(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"junk" * 10)
     with pytest.raises(ValueError, match="not a safetensors file"):
         load_safetensors(tmp_path / "junk.safetensors")
+
+
+def test_reader_catalog_is_the_registry():
+    """The light table the CLI checks --reader against (no torch import) names the registered readers, with
+    their traits."""
+    from avmem.memory.kv.readers import get_reader, reader_names
+    from avmem.reader_catalog import READERS
+
+    assert set(READERS) == set(reader_names())
+    for name, traits in READERS.items():
+        cls = get_reader(name)
+        assert (traits.uses_budgets, traits.supports_incremental) == (cls.uses_budgets, cls.supports_incremental)
+
+
+def test_unknown_reader_is_rejected_without_importing_torch():
+    """What made the rejection slow was importing torch and every reader: the check must need neither."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys\nfrom avmem.cli import app\ntry:\n    app(['stream', '/dev/null', '--model', 'tiny-qwen3-vl', "
+            "'--reader', 'bogus'])\nexcept SystemExit as e:\n    print('exit', e.code, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.stdout.strip() == "exit 2 False", (out.stdout, out.stderr)
+    assert out.stderr.strip().startswith("avmem: error: --reader must be one of full,") and "'bogus'" in out.stderr

@@ -13,6 +13,8 @@ flattened in (t, h/m, w/m, m, m, C, tp, p, p) order.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,15 @@ from .tokenizer import PromptTokens
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)
+
+
+@functools.cache
+def cache_keyword(text_model: type) -> str:
+    """Name of the KV-cache argument of ``text_model.forward`` in the installed ``transformers``: ``cache`` since
+    5.x renamed it (passing ``past_key_values`` there raises a FutureWarning), ``past_key_values`` before. Read
+    from the signature once per class."""
+    params = inspect.signature(text_model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -228,13 +239,12 @@ class QwenVLBackbone:
                       deepstack: Tensor | None) -> Tensor:
         """Final hidden states [L, D] of the language model on embeddings [L, D] at positions [3, L], extending
         ``cache`` (None: no cache kept, as in training)."""
-        kwargs = {}
+        lm = self.model.model.language_model
+        kwargs = {cache_keyword(type(lm)): cache}
         if deepstack is not None:
-            kwargs = {"visual_pos_masks": visual_mask[None], "deepstack_visual_embeds": list(deepstack)}
-        out = self.model.model.language_model(
-            inputs_embeds=embeds[None], position_ids=positions[:, None, :].to(self.device),
-            past_key_values=cache, use_cache=cache is not None, **kwargs,
-        )
+            kwargs.update(visual_pos_masks=visual_mask[None], deepstack_visual_embeds=list(deepstack))
+        out = lm(inputs_embeds=embeds[None], position_ids=positions[:, None, :].to(self.device),
+                 use_cache=cache is not None, **kwargs)
         return out.last_hidden_state[0]
 
     def answer_loss(self, embeds: Tensor, positions: Tensor, targets: Tensor, cache: DynamicCache | None = None,

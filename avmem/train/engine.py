@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import re
 import sys
 import time
@@ -197,25 +198,31 @@ def train(cfg: TrainConfig) -> TrainResult:
     step, skipped, seen, epoch, done_in_epoch = 0, 0, 0, 0, 0
     sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
     if resume_dir is not None:
-        state = json.loads((resume_dir / STATE_FILE).read_text())
+        state = _read_state(resume_dir, accelerator.num_processes)
         if state.get("fingerprint") != fingerprint:
             raise ValueError(f"resume: {resume_dir} was trained with {state.get('fingerprint')}, this run is "
                              f"{fingerprint}")
         if sharded:
-            accelerator.load_state(str(resume_dir / "engine"))
+            try:
+                accelerator.load_state(str(resume_dir / "engine"))
+            except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as exc:
+                raise ValueError(f"resume: {resume_dir / 'engine'} cannot be restored ({_first_line(exc)})") from None
         else:
             if whole:
                 _load_whole(accelerator.unwrap_model(module), resume_dir / "model")
             else:
                 _load_trainables(accelerator.unwrap_model(module), resume_dir / "adapter")
-            optimizer.load_state_dict(torch.load(resume_dir / "optimizer.pt", map_location="cpu", weights_only=True))
-        scheduler.load_state_dict(torch.load(resume_dir / "scheduler.pt", map_location="cpu", weights_only=True))
+            _restore(optimizer, _load_tensors(resume_dir / "optimizer.pt"), resume_dir / "optimizer.pt")
+        _restore(scheduler, _load_tensors(resume_dir / "scheduler.pt"), resume_dir / "scheduler.pt")
         rng = resume_dir / f"rng_state_{accelerator.process_index}.pt"
         if rng.is_file():
-            states = torch.load(rng, weights_only=True)
-            torch.set_rng_state(states["cpu"])
-            if cuda and "cuda" in states:
-                torch.cuda.set_rng_state(states["cuda"])
+            states = _load_tensors(rng)
+            try:
+                torch.set_rng_state(states["cpu"])
+                if cuda and "cuda" in states:
+                    torch.cuda.set_rng_state(states["cuda"])
+            except (KeyError, TypeError, RuntimeError) as exc:
+                raise ValueError(f"resume: {rng} is not a saved RNG state ({_first_line(exc)})") from None
         step = state["step"]
         seen, skipped = state["samples"][accelerator.process_index], state["skipped"][accelerator.process_index]
         epoch, k = divmod(step, per_epoch)
@@ -454,6 +461,58 @@ def _write_model(folder: Path, model) -> None:
         model.spec = spec
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _read_state(folder: Path, processes: int) -> dict:
+    """A checkpoint's trainer state (step, per-process sample counts, fingerprint), checked.
+
+    Raises:
+        ValueError: unreadable, incomplete, or saved by a run with another number of processes (one line).
+    """
+    path = folder / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"resume: {path} is unreadable ({_first_line(exc)})") from None
+    counts = isinstance(state, dict) and all(
+        isinstance(state.get(k), list) and all(isinstance(n, int) and n >= 0 for n in state[k])
+        for k in ("samples", "skipped"))
+    if not counts or not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise ValueError(f"resume: {path} lacks a valid step and per-process sample counts")
+    if len(state["samples"]) != processes or len(state["skipped"]) != processes:
+        raise ValueError(f"resume: {folder} was saved by {len(state['samples'])} process(es), this run has "
+                         f"{processes}")
+    return state
+
+
+def _load_tensors(path: Path):
+    """A checkpoint file of tensors and plain values (``torch.load`` with ``weights_only``), on the CPU.
+
+    Raises:
+        ValueError: missing, damaged, or holding other objects (refused without unpickling them); one line.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"resume: {path} is missing") from None
+    except (pickle.UnpicklingError, EOFError):
+        raise ValueError(f"resume: {path} is damaged or holds more than tensors (refused without unpickling "
+                         f"it)") from None
+    except (OSError, RuntimeError) as exc:
+        raise ValueError(f"resume: {path} is unreadable ({_first_line(exc)})") from None
+
+
+def _restore(obj, state, path: Path) -> None:
+    """``obj.load_state_dict(state)`` (optimizer, scheduler); ValueError in one line when ``state`` does not fit."""
+    try:
+        obj.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
+        raise ValueError(f"resume: {path} does not fit this run ({_first_line(exc)})") from None
+
+
 def _load_whole(module, folder: Path) -> None:
     """Resume: copy a saved avmem model folder's weights into the training module."""
     from ..model import load_model
@@ -488,12 +547,16 @@ def _load_trainables(module, adapter: Path) -> None:
     Raises:
         ValueError: a tensor this module does not have, has in another shape, or lacks.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from ..memory.ttt.official import native_key
     from ..official_release import ADAPTER_WEIGHTS
 
-    tensors = load_file(str(adapter / ADAPTER_WEIGHTS))
+    try:
+        tensors = load_file(str(adapter / ADAPTER_WEIGHTS))
+    except (OSError, SafetensorError) as exc:
+        raise ValueError(f"resume: {adapter / ADAPTER_WEIGHTS} is unreadable ({_first_line(exc)})") from None
     params = {n: p for n, p in module.llm.named_parameters() if "lora_" in n}
     loaded = set()
     for key, value in tensors.items():

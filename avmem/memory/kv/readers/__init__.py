@@ -10,7 +10,9 @@ logits, the next position, the audio/visual entries kept per layer). Readers reg
             ...
 
 A new reader is one module in this package (every module here is imported when the registry is first
-used); :class:`~avmem.session.SessionSettings` and the CLI take the names from :func:`reader_names`.
+used); :class:`~avmem.session.SessionSettings` takes the names from :func:`reader_names`. The CLI checks
+``--reader`` before importing torch, against the light table :data:`avmem.reader_catalog.READERS`: a new reader
+gets a row there too (``tests/test_cli_fail_fast.py`` keeps the two equal).
 """
 
 from __future__ import annotations
