@@ -41,7 +41,7 @@ def config(**kw) -> ServeConfig:
     return ServeConfig(model="tiny-qwen3-vl", session_defaults=dict(SMALL), **kw)
 
 
-def wait_for(predicate, timeout: float = 30.0):
+def wait_for(predicate, timeout: float = 60.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = predicate()

@@ -23,7 +23,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def wait_for(predicate, timeout: float = 30.0):
+def wait_for(predicate, timeout: float = 60.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = predicate()

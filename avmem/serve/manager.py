@@ -197,13 +197,15 @@ class SessionManager:
                     fut.set_exception(exc)
 
     def _has_ingest(self) -> bool:
-        return any(e.queue for e in self._sessions.values())
+        return any(e.queue or e.session.ready_frames() or e.session.ready_audio() for e in self._sessions.values()
+                   if not e.closed)
 
     def _ingest_round(self) -> None:
         """Stage every session's queued items; absorb the complete chunks (vision tower) and whole audio pieces
         (audio encoder) of all sessions together."""
         with self._cond:
-            entries = [e for e in self._sessions.values() if e.queue and not e.closed]
+            entries = [e for e in self._sessions.values()
+                       if not e.closed and (e.queue or e.session.ready_frames() or e.session.ready_audio())]
         ready = []
         for e in entries:
             self._drain(e)
