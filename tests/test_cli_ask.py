@@ -50,7 +50,7 @@ def test_ask_table_without_audio_and_ttt(clip):
     (["ask", "{clip}", "-q", "x", "--model", "tiny-llama"], "unknown preset"),
     (["ask", "{clip}", "-q", "x", "--model", "tiny-qwen3-vl", "--fps", "0"], "fps"),
     (["ask", "{clip}", "-q", "x", "--model", "tiny-qwen3-vl", "--video-policy", "random"], "--video-policy"),
-    (["ask", "{clip}", "-q", "x", "--model", "tiny-qwen3-vl", "--video-tokens", "0"], "video_tokens"),
+    (["ask", "{clip}", "-q", "x", "--model", "tiny-qwen3-vl", "--video-tokens", "0"], "--video-tokens"),
     (["ask", "{empty}", "-q", "x", "--model", "tiny-qwen3-vl"], "empty"),
     (["ask", "{junk}", "-q", "x", "--model", "tiny-qwen3-vl"], "cannot open"),
     (["ask", "http://127.0.0.1:9/none.mp4", "-q", "x", "--model", "tiny-qwen3-vl"], "127.0.0.1"),
