@@ -89,7 +89,7 @@ def _video_info(name: str, container: av.container.InputContainer, stream: av.vi
         check_size(name, cc.height, cc.width)
     try:
         first = next(container.decode(stream), None)
-    except av.error.FFmpegError as exc:
+    except (av.error.FFmpegError, ValueError) as exc:  # ValueError: PyAV >= 19 on an unknown codec
         raise MediaError(f"{name}: cannot decode video ({exc})") from exc
     if first is None:
         raise MediaError(f"{name}: no decodable video frames")

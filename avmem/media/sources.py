@@ -266,7 +266,7 @@ class _StreamReader:
                     decoded = packet.decode()
                 except av.error.ExitError:
                     raise
-                except av.error.FFmpegError as exc:
+                except (av.error.FFmpegError, ValueError) as exc:  # ValueError: PyAV >= 19 on an unknown codec
                     self._damaged(exc)
                     continue
                 yield from decoded
