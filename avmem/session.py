@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -296,16 +296,21 @@ def _atomic(fn):
 
 
 class AnswerStream:
-    """Greedy decoding from a prefilled cache, one token per step, as text pieces (:meth:`StreamSession.ask_stream`).
+    """Decoding from a prefilled cache, one token per step, as text pieces (:meth:`StreamSession.ask_stream`):
+    greedy, or the token ``pick(logits [V]) -> id`` chooses (a sampler, e.g. :mod:`avmem.serve.sampling`).
 
     Attributes:
         tokens: ids generated so far.
         hit_limit: True once generation stopped at ``max_new_tokens`` (not at an end-of-turn token).
+        prompt_tokens: rows of the prompt the answer was read from (memory + question), 0 when not known.
     """
 
-    def __init__(self, backbone, cache, logits: Tensor, position: int, max_new_tokens: int) -> None:
+    def __init__(self, backbone, cache, logits: Tensor, position: int, max_new_tokens: int,
+                 pick: Callable[[Tensor], int] | None = None, prompt_tokens: int = 0) -> None:
         self._bb, self._cache, self._logits, self._position = backbone, cache, logits, position
         self._limit = int(max_new_tokens)
+        self._pick = pick
+        self.prompt_tokens = int(prompt_tokens)
         self._sent = ""
         self._done = False
         self.tokens: list[int] = []
@@ -320,7 +325,7 @@ class AnswerStream:
         if len(self.tokens) >= self._limit:
             self.hit_limit = True
             return False
-        tok = int(torch.argmax(self._logits))
+        tok = int(torch.argmax(self._logits)) if self._pick is None else int(self._pick(self._logits))
         if tok in bb.tokens.eos:
             return False
         self.tokens.append(tok)
@@ -398,6 +403,7 @@ class StreamSession:
         self._audio_bank = TokenBank(settings.audio_tokens, POLICIES[settings.audio_policy](), settings.bank_step)
         self._questions = 0
         self._last_read: list[int] | None = None
+        self.last_prompt_tokens = 0  # rows of the last question's prompt (memory + question)
         self._memory_kv = MemoryKV()  # the memory's KV between questions (incremental reading, ReKV)
         self._asked: tuple | None = None  # (state, its counters, flushed copy) of the last question
         self._token_ids: dict[str, list[int]] = {}  # tokenized timestamps and prompt pieces
@@ -839,6 +845,7 @@ class StreamSession:
         st = self._asking_state("ask: ")
         prompt = self._memory_prompt(st if since is None else self._windowed(st, since), tail)
         self._questions += 1
+        self.last_prompt_tokens = int(prompt.embeds.shape[0] + prompt.question.shape[0])
         reader = get_reader(self.settings.reader)(self.settings, self.model)
         result = reader.read(self.model.backbone, prompt, self._memory_kv)
         self._last_read = result.kept
@@ -1124,13 +1131,14 @@ class StreamSession:
         return self._answer_start(question, prefix, since)
 
     def ask_stream(self, question: str, max_new_tokens: int | None = None, prefix: str = "",
-                   since: float | None = None) -> AnswerStream:
+                   since: float | None = None, pick: Callable[[Tensor], int] | None = None) -> AnswerStream:
         """:meth:`ask` as it is generated: an iterator of text pieces (joined, they equal ``ask(...)``; leading and
         trailing whitespace is held back). The memory is read here (ValueError as :meth:`ask`); each next piece
         costs one or more decoding steps, so a consumer that stops iterating stops generation. Asking never
-        changes the memory."""
+        changes the memory. ``pick`` (logits [V] -> token id) replaces greedy decoding (sampling)."""
         cache, logits, position = self._open_answer(question, prefix, since)
-        return AnswerStream(self.model.backbone, cache, logits, position, max_new_tokens or self.settings.max_new_tokens)
+        return AnswerStream(self.model.backbone, cache, logits, position, max_new_tokens or self.settings.max_new_tokens,
+                            pick, self.last_prompt_tokens)
 
     # telemetry and persistence ----------------------------------------------------------------------
 

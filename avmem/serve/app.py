@@ -27,6 +27,7 @@ from .manager import LimitError, NotFound, SessionManager, SourceSpec
 from .metrics import render_metrics
 from .policy import PolicyError, check_container, check_source, is_live_url
 from .push import PushedFrame, PushError, parse_message
+from .sampling import Sampling, SamplingError
 
 log = logging.getLogger("avmem.serve")
 STATIC = Path(__file__).parent / "static"
@@ -294,13 +295,14 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
         path = await asyncio.wrap_future(manager.call(lambda: manager.snapshot_now(e)))
         return {"id": sid, "snapshot": Path(path).name}
 
-    async def answer(e, question: str, max_new_tokens: int | None, since: float | None, stream: bool, sse_format):
+    async def answer(e, question: str, max_new_tokens: int | None, since: float | None, stream: bool, sse_format,
+                     sampling: Sampling | None = None):
         """The answer as JSON ``{"answer", "tokens", "finish_reason"}``, or (``stream``) a response of server-sent
         events built by ``sse_format(piece, None)`` per text piece and ``sse_format(None, result)`` at the end. A
         question that cannot be answered fails before the stream starts (400 / 404); a client that disconnects
         stops generation at the next token."""
         if not stream:
-            job = manager.ask_job(e, question, max_new_tokens, lambda _piece: True, since)
+            job = manager.ask_job(e, question, max_new_tokens, lambda _piece: True, since, sampling)
             return await asyncio.wrap_future(manager.call(job))
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
@@ -312,7 +314,8 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
             loop.call_soon_threadsafe(pieces.put_nowait, piece)
             return True
 
-        future = asyncio.wrap_future(manager.call(manager.ask_job(e, question, max_new_tokens, on_piece, since)))
+        future = asyncio.wrap_future(manager.call(manager.ask_job(e, question, max_new_tokens, on_piece, since,
+                                                                  sampling)))
         future.add_done_callback(lambda _f: pieces.put_nowait(None))
         first = await pieces.get()
         if first is None:
@@ -342,6 +345,7 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
         stream = _field(body, "stream", (bool,), False)
         max_new = _field(body, "max_new_tokens", (int,))
         since = _since(body)
+        sampling = _sampling(body)
 
         def sse(piece, result):
             if result is None:
@@ -349,7 +353,7 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
             return f"event: done\ndata: {json.dumps(result)}\n\n"
 
         try:
-            out = await answer(e, question, max_new, since, stream, sse)
+            out = await answer(e, question, max_new, since, stream, sse, sampling)
         except ValueError as exc:
             raise ApiError(400, str(exc).splitlines()[0]) from None
         except NotFound:
@@ -416,9 +420,16 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
         body = await _json_body(request)
         messages = _field(body, "messages", (list,), required=True)
         stream = _field(body, "stream", (bool,), False)
-        max_new = _field(body, "max_completion_tokens", (int,)) or _field(body, "max_tokens", (int,))
+        max_new = _field(body, "max_completion_tokens", (int,))
+        max_new = max_new if max_new is not None else _field(body, "max_tokens", (int,))
         live_id = _field(body, "avmem_session", (str,))
         since = _since({"since": body.get("avmem_since")})
+        sampling = _sampling(body)
+        _refuse_unsupported(body)
+        options = _field(body, "stream_options", (dict,), {})
+        if options and not stream:
+            raise ApiError(400, "'stream_options' is only allowed with \"stream\": true")
+        include_usage = _field(options, "include_usage", (bool,), False)
         question, videos = _chat_question(messages)
         ephemeral = None
         if live_id is not None:
@@ -454,10 +465,14 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
             if result is None:
                 return head + chunk({"content": piece}, None)
             finish = "length" if result["finish_reason"] == "length" else "stop"
-            return head + chunk({}, finish) + "data: [DONE]\n\n"
+            usage = ""
+            if include_usage:
+                usage = "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                               "model": model_id, "choices": [], "usage": _usage(result)}) + "\n\n"
+            return head + chunk({}, finish) + usage + "data: [DONE]\n\n"
 
         try:
-            out = await answer(e, question, max_new, since, stream, sse)
+            out = await answer(e, question, max_new, since, stream, sse, sampling)
         except ValueError as exc:
             raise ApiError(400, str(exc).splitlines()[0]) from None
         finally:
@@ -479,7 +494,7 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
         return {"id": cid, "object": "chat.completion", "created": created, "model": model_id,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": out["answer"]},
                              "finish_reason": "length" if out["finish_reason"] == "length" else "stop"}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": out["tokens"], "total_tokens": out["tokens"]}}
+                "usage": _usage(out)}
 
     async def _open_video(owner: str, url: str):
         if url.startswith("data:"):
@@ -507,6 +522,37 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
 
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
     return app
+
+
+def _sampling(body: dict) -> Sampling:
+    try:
+        return Sampling.from_request(body)
+    except SamplingError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+# OpenAI request fields the server cannot honour: refused unless they hold their neutral value
+_NEUTRAL = {"n": (1,), "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logprobs": (False,),
+            "top_logprobs": (0,), "logit_bias": ({},), "tools": ([],), "functions": ([],), "tool_choice": ("none",),
+            "function_call": ("none",), "best_of": (1,), "top_k": (-1, 0), "repetition_penalty": (1, 1.0),
+            "min_tokens": (0,), "response_format": ({"type": "text"},), "echo": (False,), "suffix": ("",)}
+
+
+def _refuse_unsupported(body: dict) -> None:
+    """400 for an OpenAI field set to something the server does not do (n > 1, penalties, logprobs, tools, ...),
+    never a silent fallback."""
+    for name, neutral in _NEUTRAL.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) != isinstance(neutral[0], bool) or value not in neutral:
+            allowed = " or ".join(json.dumps(v) for v in neutral)
+            raise ApiError(400, f"'{name}' is not supported by this server (only {allowed}), got {json.dumps(value)}")
+
+
+def _usage(result: dict) -> dict:
+    prompt, completion = int(result.get("prompt_tokens", 0)), int(result["tokens"])
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def _form_json(value) -> dict | None:

@@ -28,6 +28,7 @@ from . import snapshots
 from .batching import absorb_audio_together, absorb_together
 from .config import SESSION_SETTING_KEYS, ServeConfig
 from .policy import PolicyError, check_url
+from .sampling import Sampling, StopFilter
 
 log = logging.getLogger("avmem.serve")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -461,11 +462,14 @@ class SessionManager:
     # asking (run on the worker) ---------------------------------------------------------------------------
 
     def ask_job(self, e: ServedSession, question: str, max_new_tokens: int | None, on_piece: Callable[[str], bool],
-                since: float | None = None) -> Callable[[], dict]:
+                since: float | None = None, sampling: Sampling | None = None) -> Callable[[], dict]:
         """A worker job answering ``question`` from everything the session has received: the queued items are
-        staged first; ``on_piece`` gets each text piece and returns False to stop generation (client gone)."""
+        staged first; ``on_piece`` gets each text piece and returns False to stop generation (client gone).
+        ``sampling`` chooses the tokens (None: greedy) and cuts the answer at its stop sequences. The job returns
+        ``{"answer", "tokens", "prompt_tokens", "finish_reason"}`` (finish_reason: stop, length or cancelled)."""
         if max_new_tokens is not None and not 1 <= max_new_tokens <= self.config.max_new_tokens:
             raise ValueError(f"max_new_tokens must be in 1 .. {self.config.max_new_tokens}")
+        sampling = sampling or Sampling()
         submitted = time.monotonic()
 
         def job() -> dict:
@@ -474,16 +478,24 @@ class SessionManager:
                 if e.closed:
                     raise NotFound(e.id)
                 self._drain(e)
-                stream = e.session.ask_stream(question, max_new_tokens=max_new_tokens, since=since)
+                stream = e.session.ask_stream(question, max_new_tokens=max_new_tokens, since=since,
+                                              pick=sampling.picker(self.model.device))
+                stops = StopFilter(sampling.stop)
                 stopped = False
                 for piece in stream:
-                    if not on_piece(piece):
-                        stopped = True
+                    out = stops.feed(piece)
+                    if (out and not on_piece(out)) or stops.stopped:
+                        stopped = not stops.stopped
                         break
+                else:
+                    rest = stops.flush()
+                    if rest and not on_piece(rest):
+                        stopped = True
                 ok = True
                 self._refresh(e)
-                return {"answer": stream.text(), "tokens": len(stream.tokens),
-                        "finish_reason": "length" if stream.hit_limit else ("cancelled" if stopped else "stop")}
+                finish = "cancelled" if stopped else ("stop" if stops.stopped or not stream.hit_limit else "length")
+                return {"answer": stops.answer(), "tokens": len(stream.tokens), "prompt_tokens": stream.prompt_tokens,
+                        "finish_reason": finish}
             finally:
                 self._observe(time.monotonic() - submitted, ok)
 
