@@ -52,3 +52,26 @@ def test_demo_is_quiet(tmp_path):
     assert result.returncode == 0, result.stderr
     assert_quiet(result.stderr)
     assert result.stdout.count("(truth:") == 3  # each answer printed once
+
+
+def test_cache_goes_under_the_keyword_the_installed_transformers_names(tmp_path):
+    """No FutureWarning from the KV cache argument: 5.x calls it ``cache``, older releases ``past_key_values``."""
+    import warnings
+
+    import torch
+
+    from avmem.backbones.qwen import BACKBONES, cache_keyword
+    from avmem.backbones.tiny import save_tiny_backbone
+
+    class Older(torch.nn.Module):
+        def forward(self, inputs_embeds=None, position_ids=None, past_key_values=None, use_cache=None):
+            return inputs_embeds
+
+    assert cache_keyword(Older) == "past_key_values"
+    backbone = BACKBONES["qwen3_vl"].from_pretrained(save_tiny_backbone(tmp_path / "m", "qwen3_vl"))
+    assert cache_keyword(type(backbone.model.model.language_model)) in ("cache", "past_key_values")
+    embeds = backbone.embed(torch.tensor([1, 2, 3], device=backbone.device))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any deprecation of how the backbone is called fails here
+        tokens = backbone.generate(embeds, torch.arange(3, device=backbone.device).expand(3, 3), max_new_tokens=3)
+    assert len(tokens) <= 3
