@@ -32,8 +32,9 @@ def _app_options(verbose: bool = typer.Option(False, "-v", "--verbose", help="Sh
 def _quiet_terminal(verbose: bool) -> None:
     """The one place the CLI decides what third-party output reaches the terminal. Unless ``verbose``: Python
     warnings show only when avmem's own code raises them (UserWarning / RuntimeWarning and their subclasses, such
-    as MediaWarning; not deprecations), and transformers / huggingface_hub log errors only and draw no progress
-    bars (their environment variables, read when they are imported; :func:`_quiet_transformers` once they are)."""
+    as MediaWarning; not deprecations), transformers / huggingface_hub log errors only and draw no progress bars
+    (their environment variables, read when they are imported; :func:`_quiet_transformers` once they are), and
+    the tokenizers library does not print its notice about forked processes."""
     import os
     import warnings
 
