@@ -97,6 +97,7 @@ def pooled(runs: list[dict]) -> dict:
     from avmem.eval.mcq import bootstrap_ci
 
     row = {"variant": runs[0]["variant"], "seeds": [r["seed"] for r in runs], "steps": runs[0]["steps"],
+           "base": runs[0].get("base"),
            "train_s": float(np.mean([r["train_s"] for r in runs])), "eval_s": float(np.mean([r["eval_s"] for r in runs])),
            "first_loss": _mean([r["first_loss"] for r in runs]), "last_loss": _mean([r["last_loss"] for r in runs]),
            "groups": {}, "answers": {}}
@@ -315,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       indent=1))
     text = table(rows)
     (args.out / "table.md").write_text(text + "\n")
-    start = "trained from scratch" if not Path(args.base).exists() else "fine-tuning steps from the same model"
+    base = rows[0]["base"] or args.base  # the runs' own base (a --report call does not repeat --base)
+    start = "trained from scratch" if not Path(base).exists() else "fine-tuning steps from the same model"
     title = (f"{rows[0]['steps']} steps per memory ({start}), seeds {','.join(map(str, seeds))}; "
              f"{args.video_tokens} video tokens")
     plot(rows, args.out / "memory_study.png", title)
