@@ -39,6 +39,7 @@ from .resize import PixelBudget, check_size
 from .types import MediaInfo, MediaItem, SourceStats, VideoFrame
 
 _TRUNCATION_SLACK = 1.0
+_FRAME_THREADS_MAX_PIXELS = 4096 * 2160
 _Source = TypeVar("_Source", bound="MediaSource")
 
 
@@ -171,7 +172,9 @@ class FileSource(MediaSource):
         skipped (``hole`` is told the time span) and decoding goes on after them."""
         with open_input(self.name, timeout=self.timeout) as container:
             stream = pick_video(container)
-            stream.thread_type = "AUTO"
+            cc = stream.codec_context
+            # Frame threading keeps a decoded frame per thread: fine for video, gigabytes for 16000 x 16000 frames.
+            stream.thread_type = "SLICE" if (cc.width or 0) * (cc.height or 0) > _FRAME_THREADS_MAX_PIXELS else "AUTO"
             reader = _StreamReader(container, stream)
             clock = VideoClock(self.name, stream, warn)
             count, end = 0, 0.0
