@@ -17,7 +17,7 @@ from avmem.model import load_model
 from avmem.serve import ServeConfig, create_app
 from avmem.serve.sampling import Sampling, SamplingError, StopFilter, nucleus_probs, sample_token
 
-SMALL = dict(video_tokens=48, audio_tokens=32, chunk_frames=4, max_new_tokens=12)
+SMALL = {"video_tokens": 48, "audio_tokens": 32, "chunk_frames": 4, "max_new_tokens": 12}
 
 
 def naive_nucleus(logits: list[float], temperature: float, top_p: float) -> list[float]:

@@ -27,12 +27,32 @@ from .manager import LimitError, NotFound, SessionManager, SourceSpec
 from .metrics import render_metrics
 from .policy import PolicyError, check_container, check_source, is_live_url
 from .push import PushedFrame, PushError, parse_message
+from .quota import QuotaError, UploadQuota, UploadTicket
 from .sampling import Sampling, SamplingError
 
 log = logging.getLogger("avmem.serve")
 STATIC = Path(__file__).parent / "static"
 MULTIPART_SLACK = 64 * 1024  # form fields and boundaries around an uploaded file
 MAX_JSON_BYTES = 1 << 20
+CHAT_DATA_BYTES = 64 << 20  # the largest video a /v1/chat/completions request may carry inline (data: URL)
+
+
+class RateLimit:
+    """A token bucket: ``rate`` events per second on average, bursts of up to one second's worth."""
+
+    def __init__(self, rate: float, clock=time.monotonic) -> None:
+        self.rate, self.clock = float(rate), clock
+        self.tokens, self.last = max(1.0, self.rate), clock()
+
+    def allow(self) -> bool:
+        """Take one token; False when the bucket is empty (the event is over the rate)."""
+        now = self.clock()
+        self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 class ApiError(Exception):
@@ -58,13 +78,19 @@ def _presented_key(headers, query=None) -> str | None:
     return None
 
 
-async def _json_body(request: Request) -> dict:
+async def _json_body(request: Request, limit: int = MAX_JSON_BYTES) -> dict:
+    """The request's JSON object, read up to ``limit`` bytes (413 past it, also for a chunked body without a
+    Content-Length: reading stops there)."""
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_JSON_BYTES:
-        raise ApiError(413, f"JSON body over {MAX_JSON_BYTES} bytes")
-    raw = await request.body()
-    if len(raw) > MAX_JSON_BYTES:
-        raise ApiError(413, f"JSON body over {MAX_JSON_BYTES} bytes")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ApiError(413, f"JSON body over {limit} bytes")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"JSON body over {limit} bytes")
+        parts.append(chunk)
+    raw = b"".join(parts)
     try:
         body = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -119,6 +145,9 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
         model = load_model(config.model, device=resolve_device(config.device), dtype=resolve_dtype(config.dtype))
     manager = SessionManager(config, model)
     keys = KeyRing(config.api_keys)
+    uploads = UploadQuota(config.max_uploads_per_key, config.max_upload_bytes_per_key)
+    # a chat request may carry its video as a base64 data: URL of up to CHAT_DATA_BYTES
+    chat_body_limit = min(config.max_upload_bytes, CHAT_DATA_BYTES) * 4 // 3 + MAX_JSON_BYTES
     model_id = str(config.model)
 
     @contextlib.asynccontextmanager
@@ -132,6 +161,7 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
     app = FastAPI(title="avmem", version="1", lifespan=lifespan)
     app.state.manager = manager
     app.state.config = config
+    app.state.uploads = uploads
 
     @app.exception_handler(ApiError)
     async def _api_error(_request, exc: ApiError):
@@ -160,11 +190,17 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
         except NotFound:
             raise ApiError(404, f"no session {sid!r}", "not_found_error") from None
 
-    def create_session(owner: str, spec: SourceSpec, settings, temp_file: str | None = None, hidden: bool = False):
+    def create_session(owner: str, spec: SourceSpec, settings, temp_file: str | None = None, hidden: bool = False,
+                       upload: UploadTicket | None = None):
+        """A session (``temp_file`` and its ``upload`` ticket are the session's from here on, or removed)."""
         if settings is not None and not isinstance(settings, dict):
+            if temp_file:
+                Path(temp_file).unlink(missing_ok=True)
+            if upload is not None:
+                upload.release()
             raise ApiError(400, "'settings' must be a JSON object")
         try:
-            return manager.create(owner, spec, settings, hidden=hidden, temp_file=temp_file)
+            return manager.create(owner, spec, settings, hidden=hidden, temp_file=temp_file, upload=upload)
         except LimitError as exc:
             raise ApiError(429, str(exc), "rate_limit_error") from None
         except PolicyError as exc:
@@ -174,9 +210,19 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
         except ValueError as exc:
             raise ApiError(400, str(exc).splitlines()[0]) from None
 
-    async def save_upload(stream) -> str:
-        """Write an async iterable of byte chunks to a temporary file: at most ``max_upload_bytes`` (413), not empty
-        (400), starting like a known media container (415). Returns the path (the caller owns the file)."""
+    def begin_upload(owner: str, expected: int | None = None) -> UploadTicket:
+        """The per-key upload ticket of a new upload (429 / 413 when the key's limits are reached)."""
+        try:
+            return uploads.begin(owner, expected)
+        except QuotaError as exc:
+            raise ApiError(exc.status, str(exc), "rate_limit_error" if exc.status == 429 else
+                           "invalid_request_error") from None
+
+    async def save_upload(stream, ticket: UploadTicket) -> str:
+        """Write an async iterable of byte chunks to a temporary file: at most ``max_upload_bytes`` (413) and
+        within the key's upload limits (``ticket``: 413 / 429), not empty (400), starting like a known media
+        container (415). Returns the path (the caller owns the file and the ticket's bytes); on failure the file
+        is removed and the ticket released."""
         limit, size, head = config.max_upload_bytes, 0, b""
         fd, path = tempfile.mkstemp(prefix="avmem-upload-", suffix=".media")
         try:
@@ -185,6 +231,11 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
                     size += len(chunk)
                     if size > limit:
                         raise ApiError(413, f"upload over the limit of {limit} bytes")
+                    try:
+                        ticket.grow(len(chunk))
+                    except QuotaError as exc:
+                        raise ApiError(exc.status, str(exc), "rate_limit_error" if exc.status == 429 else
+                                       "invalid_request_error") from None
                     if len(head) < 512:
                         head += chunk[:512 - len(head)]
                     f.write(chunk)
@@ -193,10 +244,13 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
             check_container(head)
         except PolicyError as exc:
             Path(path).unlink(missing_ok=True)
+            ticket.release()
             raise ApiError(415, str(exc)) from None
         except BaseException:
             Path(path).unlink(missing_ok=True)
+            ticket.release()
             raise
+        ticket.received()
         return path
 
     @app.get("/health")
@@ -240,7 +294,12 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
                 raise ApiError(411, "a multipart upload needs a Content-Length")
             if int(length) > config.max_upload_bytes + MULTIPART_SLACK:
                 raise ApiError(413, f"upload over the limit of {config.max_upload_bytes} bytes")
-            form = await request.form(max_files=1, max_fields=8)
+            ticket = begin_upload(owner, max(0, int(length) - MULTIPART_SLACK))
+            try:
+                form = await request.form(max_files=1, max_fields=8)
+            except BaseException:
+                ticket.release()
+                raise
             try:
                 upload = form.get("file")
                 if upload is None or isinstance(upload, str):
@@ -255,18 +314,24 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
                             return
                         yield chunk
 
-                path = await save_upload(read_parts())
+                path = await save_upload(read_parts(), ticket)
+            except BaseException:
+                ticket.release()  # no-op when save_upload released it already
+                raise
             finally:
                 await form.close()
-            e = await asyncio.to_thread(create_session, owner, SourceSpec("upload", path, live), settings, path)
+            e = await asyncio.to_thread(create_session, owner, SourceSpec("upload", path, live), settings, path,
+                                        False, ticket)
         elif ctype.startswith(("video/", "audio/")) or ctype == "application/octet-stream":
             length = request.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > config.max_upload_bytes:
                 raise ApiError(413, f"upload over the limit of {config.max_upload_bytes} bytes")
-            path = await save_upload(request.stream())
             settings = _form_json(request.query_params.get("settings"))
             live = request.query_params.get("live", "false").lower() in ("1", "true", "yes")
-            e = await asyncio.to_thread(create_session, owner, SourceSpec("upload", path, live), settings, path)
+            ticket = begin_upload(owner, int(length) if length is not None and length.isdigit() else None)
+            path = await save_upload(request.stream(), ticket)
+            e = await asyncio.to_thread(create_session, owner, SourceSpec("upload", path, live), settings, path,
+                                        False, ticket)
         else:
             raise ApiError(415, "send JSON {\"source\": URL} or {\"push\": true}, a multipart form with a 'file', or "
                                 "the media itself as video/*, audio/* or application/octet-stream")
@@ -376,11 +441,15 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
             await ws.close(code=1008, reason=str(exc)[:120])
             return
         await ws.accept()
+        rate = RateLimit(config.max_push_rate)
         try:
             while True:
                 msg = await ws.receive()
                 if msg["type"] == "websocket.disconnect":
                     break
+                if not rate.allow():
+                    await ws.close(code=1008, reason=f"over {config.max_push_rate:g} messages per second")
+                    return
                 if msg.get("text") is not None:
                     try:
                         control = json.loads(msg["text"])
@@ -398,7 +467,7 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
                     return
                 data = msg.get("bytes") or b""
                 try:
-                    item = parse_message(data, max_bytes=config.max_upload_bytes, max_pixels=config.max_frame_pixels)
+                    item = parse_message(data, max_bytes=config.max_push_bytes, max_pixels=config.max_frame_pixels)
                     if isinstance(item, PushedFrame):
                         await asyncio.to_thread(source.push_frame, item.t, item.image)
                     else:
@@ -417,7 +486,7 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         owner = owner_of(request)
-        body = await _json_body(request)
+        body = await _json_body(request, chat_body_limit)
         messages = _field(body, "messages", (list,), required=True)
         stream = _field(body, "stream", (bool,), False)
         max_new = _field(body, "max_completion_tokens", (int,))
@@ -501,18 +570,21 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
             head, _, payload = url.partition(",")
             if ";base64" not in head:
                 raise ApiError(400, "a data: video_url must be base64 (data:video/mp4;base64,...)")
-            if len(payload) > config.max_upload_bytes * 4 // 3 + 4:
+            if len(payload) > config.max_upload_bytes * 4 // 3 + 4:  # checked before decoding
                 raise ApiError(413, f"upload over the limit of {config.max_upload_bytes} bytes")
+            ticket = begin_upload(owner, len(payload) * 3 // 4)
             try:
                 data = base64.b64decode(payload, validate=True)
             except (binascii.Error, ValueError):
+                ticket.release()
                 raise ApiError(400, "the data: video_url is not valid base64") from None
 
             async def one():
                 yield data
 
-            path = await save_upload(one())
-            return await asyncio.to_thread(create_session, owner, SourceSpec("upload", path, False), None, path, True)
+            path = await save_upload(one(), ticket)
+            return await asyncio.to_thread(create_session, owner, SourceSpec("upload", path, False), None, path, True,
+                                           ticket)
         try:
             checked, is_url = await asyncio.to_thread(check_source, url, config)
         except PolicyError as exc:

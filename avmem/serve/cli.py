@@ -23,7 +23,12 @@ def serve_command(
     api_key_file: str = typer.Option(None, "--api-key-file", help="API keys, one per line (>= 16 characters)."),
     max_sessions: int = typer.Option(64, "--max-sessions", help="Sessions held at once, all keys together."),
     max_sessions_per_key: int = typer.Option(16, "--max-sessions-per-key", help="Sessions one key may hold."),
-    max_upload_mb: float = typer.Option(1024, "--max-upload-mb", help="Largest upload or pushed message (MiB)."),
+    max_upload_mb: float = typer.Option(1024, "--max-upload-mb", help="Largest upload (MiB)."),
+    max_uploads_per_key: int = typer.Option(2, "--max-uploads-per-key", help="Uploads one key may send at once."),
+    max_upload_mb_per_key: float = typer.Option(4096, "--max-upload-mb-per-key", help="Upload MiB one key may hold "
+                                                "on the server at once (being received or not yet decoded)."),
+    max_push_rate: float = typer.Option(240, "--max-push-rate", help="WebSocket messages per second one push "
+                                        "connection may send."),
     snapshot_dir: str = typer.Option(None, "--snapshot-dir", help="Save sessions here and restore them at start."),
     snapshot_every: float = typer.Option(300, "--snapshot-every", help="Seconds between snapshots (0: only on "
                                          "shutdown and on request)."),
@@ -53,13 +58,17 @@ def serve_command(
     if not keys and not is_loopback_host(host):
         raise ValueError(f"refusing to listen on {host} without API keys: give --api-key-file, or listen on a "
                          f"loopback address (127.0.0.1, ::1)")
-    if max_upload_mb <= 0:
-        raise ValueError(f"--max-upload-mb must be > 0, got {max_upload_mb}")
+    for flag, value in (("--max-upload-mb", max_upload_mb), ("--max-upload-mb-per-key", max_upload_mb_per_key),
+                        ("--max-uploads-per-key", max_uploads_per_key), ("--max-push-rate", max_push_rate)):
+        if not value > 0:
+            raise ValueError(f"{flag} must be > 0, got {value}")
     if snapshot_dir:
         Path(snapshot_dir).mkdir(parents=True, exist_ok=True)
     config = ServeConfig(model=model, device=device, dtype=dtype, host=host, port=port, api_keys=keys,
                          max_sessions=max_sessions, max_sessions_per_key=max_sessions_per_key,
-                         max_upload_bytes=int(max_upload_mb * 2**20), snapshot_dir=snapshot_dir,
+                         max_upload_bytes=int(max_upload_mb * 2**20), max_uploads_per_key=max_uploads_per_key,
+                         max_upload_bytes_per_key=int(max_upload_mb_per_key * 2**20), max_push_rate=max_push_rate,
+                         snapshot_dir=snapshot_dir,
                          snapshot_every=snapshot_every, allow_local_files=allow_local_files,
                          allow_hosts=list(allow_hosts),
                          session_defaults={"fps": fps, "video_tokens": video_tokens, "audio_tokens": audio_tokens,
@@ -79,7 +88,8 @@ def serve_command(
     if app.state.manager.restore_errors:
         print(f"avmem: note: {len(app.state.manager.restore_errors)} snapshot(s) skipped (see the log)",
               file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
+                ws_max_size=config.max_push_bytes)
 
 
 class Client:

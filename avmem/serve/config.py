@@ -26,6 +26,11 @@ class ServeConfig:
         max_sessions: sessions held at once, all keys together.
         max_sessions_per_key: sessions one key may hold at once.
         max_upload_bytes: largest upload (multipart, raw body or ``data:`` URL) and the largest pushed message.
+        max_uploads_per_key: uploads one key may send at once (more: HTTP 429).
+        max_upload_bytes_per_key: upload bytes one key may hold on the server at once: uploads being received and
+            uploaded files its sessions are still decoding (more: HTTP 429; one upload over it alone: 413).
+        max_push_rate: WebSocket messages per second one push connection may send (a burst of one second's worth
+            is allowed; more closes the connection with code 1008).
         max_frame_pixels: largest pushed frame (width * height) before it is decoded or allocated.
         snapshot_dir / snapshot_every: where sessions are saved, and every how many seconds (0: only on shutdown
             and on request).
@@ -48,6 +53,9 @@ class ServeConfig:
     max_sessions: int = 64
     max_sessions_per_key: int = 16
     max_upload_bytes: int = 1 << 30
+    max_uploads_per_key: int = 2
+    max_upload_bytes_per_key: int = 4 << 30
+    max_push_rate: float = 240.0
     max_frame_pixels: int = 3840 * 2160
     snapshot_dir: str | None = None
     snapshot_every: float = 300.0
@@ -60,10 +68,13 @@ class ServeConfig:
 
     def check(self) -> None:
         """Raise ValueError naming the first bad setting."""
-        for name in ("max_sessions", "max_sessions_per_key", "max_upload_bytes", "max_frame_pixels", "ingest_queue",
+        for name in ("max_sessions", "max_sessions_per_key", "max_upload_bytes", "max_uploads_per_key",
+                     "max_upload_bytes_per_key", "max_frame_pixels", "ingest_queue",
                      "max_new_tokens"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.max_push_rate < float("inf"):
+            raise ValueError(f"max_push_rate must be a finite number > 0, got {self.max_push_rate}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every must be >= 0 seconds, got {self.snapshot_every}")
         if not 0 < self.source_timeout <= 600:
@@ -77,6 +88,13 @@ class ServeConfig:
         if not self.api_keys and not is_loopback_host(self.host):
             raise ValueError(f"refusing to listen on {self.host} without API keys: give --api-key-file, or listen on "
                              f"a loopback address (127.0.0.1, ::1)")
+
+
+    @property
+    def max_push_bytes(self) -> int:
+        """Largest pushed WebSocket message: an rgb24 frame of ``max_frame_pixels`` and its header (or
+        ``max_upload_bytes`` when smaller); the HTTP server refuses bigger messages before buffering them."""
+        return min(self.max_upload_bytes, 3 * self.max_frame_pixels + 65536)
 
 
 def _is_network(text: str) -> bool:
@@ -121,6 +139,7 @@ class KeyRing:
 
     def __init__(self, keys: list[str]) -> None:
         self._keys = [k.encode() for k in keys]
+        self._digests = [(k, hashlib.sha256(k).digest()) for k in self._keys]
 
     @property
     def enabled(self) -> bool:
@@ -129,15 +148,16 @@ class KeyRing:
     def owner(self, presented: str | None) -> str | None:
         """The owner id of ``presented`` ("local" when no keys are configured), None when it is not a key.
 
-        Every configured key is compared (hmac.compare_digest), so the time does not depend on which one matches.
+        Every configured key is compared (hmac.compare_digest of SHA-256 digests: equal lengths, so neither which
+        key matches nor the length of the presented key changes the time taken).
         """
         if not self._keys:
             return "local"
         if not presented:
             return None
-        given = presented.encode()
+        given = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
         match = None
-        for key in self._keys:
-            if hmac.compare_digest(key, given):
+        for key, digest in self._digests:
+            if hmac.compare_digest(digest, given):
                 match = key
         return None if match is None else "key-" + hashlib.sha256(match).hexdigest()[:12]

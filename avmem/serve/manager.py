@@ -28,6 +28,7 @@ from . import snapshots
 from .batching import absorb_audio_together, absorb_together
 from .config import SESSION_SETTING_KEYS, ServeConfig
 from .policy import PolicyError, check_url
+from .quota import UploadTicket
 from .sampling import Sampling, StopFilter
 
 log = logging.getLogger("avmem.serve")
@@ -82,6 +83,7 @@ class ServedSession:
     cached: dict = field(default_factory=dict)
     ingest_error: str | None = None
     temp_file: str | None = None
+    upload: UploadTicket | None = None  # the per-key upload bytes of temp_file, released with it
 
     def frames_per_second(self, window: float = 10.0) -> float:
         """Frames absorbed per wall-clock second over the last ``window`` seconds."""
@@ -136,7 +138,7 @@ class SessionManager:
         with self._cond:
             entries = list(self._sessions.values())
         for e in entries:
-            self._detach(e)
+            self.detach(e)
         if snapshot and self.config.snapshot_dir and self._worker is not None:
             try:
                 self.call(self.snapshot_all_now).result(timeout=600)
@@ -311,20 +313,29 @@ class SessionManager:
             raise LimitError(f"this key holds its maximum of {self.config.max_sessions_per_key} sessions")
 
     def create(self, owner: str, spec: SourceSpec, settings: dict | None = None, *, hidden: bool = False,
-               temp_file: str | None = None) -> ServedSession:
-        """A new session reading ``spec`` (push sessions wait for a client).
+               temp_file: str | None = None, upload: UploadTicket | None = None) -> ServedSession:
+        """A new session reading ``spec`` (push sessions wait for a client). ``temp_file`` (an upload) and its
+        ``upload`` ticket belong to the session from here on: deleted and released once decoded, when the session
+        closes, or now when it cannot be created.
 
         Raises:
             LimitError: too many sessions. ValueError / MediaError: bad settings or unreadable source.
             PolicyError: the URL is refused.
         """
-        chosen = self.settings_for(settings)
-        with self._cond:
-            self._admit(owner)
-            sid = secrets.token_urlsafe(12)
-            entry = ServedSession(sid, owner, StreamSession(self.model, chosen), spec, hidden=hidden,
-                                  temp_file=temp_file)
-            self._sessions[sid] = entry
+        try:
+            chosen = self.settings_for(settings)
+            with self._cond:
+                self._admit(owner)
+                sid = secrets.token_urlsafe(12)
+                entry = ServedSession(sid, owner, StreamSession(self.model, chosen), spec, hidden=hidden,
+                                      temp_file=temp_file, upload=upload)
+                self._sessions[sid] = entry
+        except BaseException:
+            if temp_file:
+                Path(temp_file).unlink(missing_ok=True)
+            if upload is not None:
+                upload.release()
+            raise
         try:
             if spec.kind != "push":
                 self._attach(entry)
@@ -352,8 +363,11 @@ class SessionManager:
         if e.spec.kind == "url":
             check_url(e.spec.url, self.config)  # again: the policy may have changed since a snapshot
         if e.spec.live:
+            # FFmpeg would follow an HTTP redirect to any host (a loopback or private one too): not for clients' URLs
+            http = e.spec.kind == "url" and e.spec.url.split(":", 1)[0].lower() in ("http", "https", "hls")
             return LiveSource(e.spec.url, fps=s.fps, audio=s.use_audio, max_pixels=s.max_pixels,
-                              min_pixels=s.min_pixels, factor=factor, timeout=self.config.source_timeout)
+                              min_pixels=s.min_pixels, factor=factor, timeout=self.config.source_timeout,
+                              options={"max_redirects": "0"} if http else None)
         return e.session.media(e.spec.url)
 
     def _attach(self, e: ServedSession, source=None) -> None:
@@ -391,9 +405,7 @@ class SessionManager:
             log.error("avmem serve: session %s: source failed: %s", e.id, error)
         finally:
             source.close()
-            if e.temp_file:
-                Path(e.temp_file).unlink(missing_ok=True)
-                e.temp_file = None
+            self._remove_upload(e)
         with self._cond:
             if e.source is source:
                 e.source, e.status, e.error = None, status, error
@@ -413,7 +425,9 @@ class SessionManager:
         self._attach(e, source)
         return source
 
-    def _detach(self, e: ServedSession) -> None:
+    def detach(self, e: ServedSession) -> None:
+        """Stop the session's source (its pump ends; the memory and queued items stay): before a shutdown, or
+        before a session moves to another server (Ray replica) through its snapshot."""
         with self._cond:
             source = e.source
             e.source = None
@@ -426,9 +440,17 @@ class SessionManager:
             e.closed = True
             self._sessions.pop(e.id, None)
             self._cond.notify_all()
-        self._detach(e)
+        self.detach(e)
+        self._remove_upload(e)
+
+    @staticmethod
+    def _remove_upload(e: ServedSession) -> None:
+        """Delete the session's uploaded file (decoded, or the session is gone) and release its per-key bytes."""
         if e.temp_file:
             Path(e.temp_file).unlink(missing_ok=True)
+            e.temp_file = None
+        if e.upload is not None:
+            e.upload.release()
 
     def close(self, sid: str, owner: str | None) -> None:
         """Stop and forget a session (its snapshots are deleted). Raises NotFound."""

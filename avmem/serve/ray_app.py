@@ -19,12 +19,9 @@ cancels the call, so generation stops), the push WebSocket message by message. I
 
 
 import asyncio
-import io
 import json
 import logging
 import re
-import shutil
-import tarfile
 import tempfile
 import uuid
 from dataclasses import asdict
@@ -34,6 +31,7 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from ray import serve
 
+from . import snapshots
 from .config import KeyRing, ServeConfig
 
 log = logging.getLogger("avmem.serve")
@@ -201,32 +199,14 @@ class Replica:
         """Stop the session's source, snapshot it, return the snapshot generation as a tar archive (the session
         stays here until :meth:`drop`). Raises KeyError when ``owner`` holds no session ``sid``."""
         e = self.manager.get(sid, owner)
-        self.manager._detach(e)
-        gen = Path(await asyncio.wrap_future(self.manager.call(lambda: self.manager.snapshot_now(e))))
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            tar.add(gen, arcname="gen")
-        return buf.getvalue()
+        self.manager.detach(e)
+        gen = await asyncio.wrap_future(self.manager.call(lambda: self.manager.snapshot_now(e)))
+        return snapshots.export_generation(gen)
 
     def import_session(self, sid: str, archive: bytes) -> dict:
         """Restore a session exported by another replica (written to this replica's snapshot folder first)."""
-        from . import snapshots
-
-        folder = Path(self.manager.config.snapshot_dir) / sid
-        if not snapshots._ID.match(sid):
-            raise ValueError(f"bad session id {sid!r}")
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
-        try:
-            with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as tar:
-                tar.extractall(tmp, filter="data")
-            gens = snapshots.generations(folder)
-            final = folder / f"gen-{(gens[-1][0] + 1 if gens else 1):010d}"
-            (tmp / "gen").rename(final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        e = self.manager.restore_one(sid, final)
-        return self.manager.describe(e)
+        gen = snapshots.import_generation(self.manager.config.snapshot_dir, sid, archive)
+        return self.manager.describe(self.manager.restore_one(sid, gen))
 
     def drop(self, sid: str) -> None:
         """Forget a session that moved away (its snapshots here are deleted)."""

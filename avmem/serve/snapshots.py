@@ -9,16 +9,23 @@ generation; ``kill -9`` loses at most what came after the last snapshot.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
+import tarfile
 import tempfile
 from pathlib import Path
 
 SERVED_FORMAT = "avmem-served/1"
 _GEN = re.compile(r"^gen-(\d{10})$")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def valid_id(session_id: str) -> bool:
+    """Whether ``session_id`` may name a session folder (1-64 of A-Z a-z 0-9 _ -: never a path)."""
+    return isinstance(session_id, str) and bool(_ID.match(session_id))
 
 
 def _fsync_tree(root: Path) -> None:
@@ -49,7 +56,7 @@ def write_snapshot(root: str | Path, session_id: str, session, served: dict) -> 
     """Save ``session`` (a StreamSession) and ``served`` (JSON-able) as the next generation of ``session_id``.
 
     Returns the generation folder. Raises OSError on disk errors (the previous generation stays)."""
-    if not _ID.match(session_id):
+    if not valid_id(session_id):
         raise ValueError(f"bad session id {session_id!r}")
     folder = Path(root) / session_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -79,7 +86,7 @@ def latest(root: str | Path) -> list[tuple[str, Path]]:
     if not root.is_dir():
         return out
     for folder in sorted(root.iterdir()):
-        if not folder.is_dir() or not _ID.match(folder.name):
+        if not folder.is_dir() or not valid_id(folder.name):
             continue
         for tmp in folder.glob(".tmp-*"):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -106,5 +113,43 @@ def read_served(generation: Path) -> dict:
 
 def remove(root: str | Path, session_id: str) -> None:
     """Delete every generation of a session (it was closed)."""
-    if _ID.match(session_id):
+    if valid_id(session_id):
         shutil.rmtree(Path(root) / session_id, ignore_errors=True)
+
+
+def export_generation(generation: str | Path) -> bytes:
+    """A generation folder as an uncompressed tar archive (member names under ``gen/``): how a session moves
+    to another server (:func:`import_generation` there)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(Path(generation), arcname="gen")
+    return buf.getvalue()
+
+
+def import_generation(root: str | Path, session_id: str, archive: bytes) -> Path:
+    """Unpack an :func:`export_generation` archive as the next generation of ``session_id`` under ``root``
+    (extracted in a temporary folder with tarfile's ``data`` filter: no absolute paths, links out of the folder or
+    device files; renamed into place once complete). Returns the generation folder (read it with
+    :func:`read_served` and ``StreamSession.load``, which check it).
+
+    Raises:
+        ValueError: bad session id, or an archive without a ``gen/`` folder (tarfile.TarError when unreadable).
+    """
+    if not valid_id(session_id):
+        raise ValueError(f"bad session id {session_id!r}")
+    folder = Path(root) / session_id
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as tar:
+            tar.extractall(tmp, filter="data")
+        if not (tmp / "gen").is_dir():
+            raise ValueError("the archive holds no gen/ folder")
+        _fsync_tree(tmp / "gen")
+        gens = generations(folder)
+        final = folder / f"gen-{(gens[-1][0] + 1 if gens else 1):010d}"
+        os.rename(tmp / "gen", final)
+        _fsync(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
