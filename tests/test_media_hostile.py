@@ -181,3 +181,48 @@ def test_training_data_check_does_not_fetch_urls_unless_asked(tmp_path):
     assert check_media([record], 1) == 1  # the URL is counted, not contacted
     with pytest.raises(ValueError, match="data.json\\[0\\]"):
         check_media([record], 1, fetch_urls=True)
+
+
+def test_a_download_cut_short_is_reported_as_incomplete(tmp_path):
+    """An HTTP server (127.0.0.1) that announces the whole file, sends 60 % of it and closes the connection."""
+    import socket
+    import threading
+
+    raw = write_test_pattern_clip(tmp_path / "raw.mp4", seconds=10, fps=5, size=(64, 64))
+    clip = tmp_path / "c.mp4"  # the index first (faststart), as a web server would serve it
+    with av.open(str(raw)) as src, av.open(str(clip), "w", options={"movflags": "faststart"}) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
+        for packet in src.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    data = clip.read_bytes()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(65536)
+                head = f"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: {len(data)}\r\n\r\n"
+                conn.sendall(head.encode() + data[: len(data) * 6 // 10])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/c.mp4"
+        src = FileSource(url, fps=2.0, timeout=5.0)
+        with pytest.warns(Warning):
+            frames = [i for i in src if isinstance(i, VideoFrame)]
+        assert frames and src.stats.shortfall(1.0) > 1.0 and src.stats.expected_seconds == pytest.approx(10, abs=0.5)
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
