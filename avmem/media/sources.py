@@ -93,8 +93,9 @@ class FileSource(MediaSource):
 
     Video and audio are read by two demuxers of the same input, so the memory held is a few frames
     and at most one chunk of audio however the file interleaves them. Iterating again restarts.
-    A truncated or cut-short file yields what decodes and issues a ``MediaWarning`` saying where
-    decoding stopped.
+    Damaged stretches are skipped and decoding resumes after them (``stats.holes``); a truncated or
+    cut-short file yields what decodes (``stats.seconds`` short of ``stats.expected_seconds``); both
+    issue a ``MediaWarning``.
 
     Args:
         path: file path, or an http(s)/hls URL of a recording.
