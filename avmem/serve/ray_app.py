@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from ray import serve
 
 from . import snapshots
+from .app import CHAT_DATA_BYTES, MAX_JSON_BYTES, MULTIPART_SLACK
 from .config import KeyRing, ServeConfig
 
 log = logging.getLogger("avmem.serve")
@@ -245,6 +246,22 @@ class Router:
         self.replicas = list(replicas)
         self.where: dict[str, int] = {}
         self.keys = KeyRing(config.api_keys)
+        self.max_body = max(config.max_upload_bytes + MULTIPART_SLACK,
+                            min(config.max_upload_bytes, CHAT_DATA_BYTES) * 4 // 3 + MAX_JSON_BYTES)
+
+    async def body(self, request: Request) -> bytes | None:
+        """The request body, read up to the largest body a replica accepts (an upload; a chat request with an
+        inline video); None past it (no Content-Length needed: reading stops there)."""
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return None
+        parts, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            parts.append(chunk)
+        return b"".join(parts)
 
     async def locate(self, sid: str) -> int | None:
         if sid in self.where:
@@ -309,7 +326,9 @@ class Router:
         owner = self.owner(request)
         if owner is None:
             return _error(401, "missing or invalid API key (Authorization: Bearer KEY)", "authentication_error")
-        body = await request.body()
+        body = await self.body(request)
+        if body is None or len(body) > MAX_JSON_BYTES:
+            return _error(413, f"JSON body over {MAX_JSON_BYTES} bytes")
         try:
             to = json.loads(body or b"{}").get("to")
         except (json.JSONDecodeError, AttributeError):
@@ -371,7 +390,9 @@ class Router:
 
     @router_api.api_route("/{path:path}", methods=["GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"])
     async def anything(self, path: str, request: Request):
-        body = await request.body()
+        body = await self.body(request)
+        if body is None:
+            return _error(413, f"request body over {self.max_body} bytes")
         route = request.url.path
         m = _SESSION_PATH.match(route)
         if m:
