@@ -147,7 +147,7 @@ def test_chat_completions_honour_sampling_stop_and_usage(served):
 @pytest.mark.parametrize("extra, words", [
     ({"n": 2}, "'n'"), ({"presence_penalty": 0.5}, "presence_penalty"), ({"logprobs": True}, "logprobs"),
     ({"tools": [{"type": "function"}]}, "tools"), ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"temperature": 3}, "temperature"), ({"top_p": 0}, "top_p"), ({"stream_options": {"include_usage": True}},
+    ({"temperature": 3}, "temperature"), ({"messages": [{"role": "user", "content": "q" * 8193}]}, "8192"), ({"top_p": 0}, "top_p"), ({"stream_options": {"include_usage": True}},
                                                                       "stream_options"),
 ])
 def test_chat_completions_refuse_what_they_cannot_do(served, extra, words):

@@ -669,4 +669,6 @@ def _chat_question(messages: list) -> tuple[str, list[str]]:
         question = "\n".join(t for t in texts if t.strip())
     if not question or not question.strip():
         raise ApiError(400, "the last user message has no text question")
+    if len(question) > 8192:
+        raise ApiError(400, "the question (text of the last user message) must be at most 8192 characters")
     return question, videos
