@@ -43,7 +43,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +94,7 @@ class Bench:
     seeds: tuple[int, ...] = (0, 1, 2)
 
     @classmethod
-    def quick(cls) -> "Bench":
+    def quick(cls) -> Bench:
         return cls(mini_batch=64, keys=8, train_length=256, lengths=(1024,), steps=3, batch=4, eval_streams=4,
                    piece=256, bank_step=64, seeds=(0,))
 
@@ -473,8 +473,8 @@ def report(rows: list[dict], out: Path) -> str:
         lengths = sorted({k[2] for k in summ if k[0] == task})
         chance = next(v["chance"] for k, v in summ.items() if k[0] == task)
         train_len = next(r["train_length"] for r in rows if r["task"] == task)
-        lines += [f"**{task}** (chance {chance:.3f}; trained on {train_len}-token streams; mean accuracy over seeds "
-                  "± 95 % t-interval over seeds (each seed's accuracy); last column: training accuracy at the end)",
+        lines += [(f"**{task}** (chance {chance:.3f}; trained on {train_len}-token streams; mean accuracy over seeds "
+                   "± 95 % t-interval over seeds (each seed's accuracy); last column: training accuracy at the end)"),
                   "",
                   "| memory | " + " | ".join(f"{n:,} tokens" for n in lengths) + " | train |",
                   "|---|" + "---|" * (len(lengths) + 1)]

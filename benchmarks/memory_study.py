@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -156,8 +156,8 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {row['variant']} | " + " | ".join(cells) + f" | {seeds} | {loss} |")
     ref = next((r for r in rows if r["variant"] == "discard"), None)
     if ref is not None and len(rows) > 1:
-        lines += ["", "Paired against discard (same questions, same seeds; difference [95 % paired bootstrap], "
-                  "questions answered differently / all):", "",
+        lines += ["", ("Paired against discard (same questions, same seeds; difference [95 % paired bootstrap], "
+                       "questions answered differently / all):"), "",
                   "| memory | all | inside memory | outside memory |", "|---|---|---|---|"]
         for row in rows:
             if row is ref:
