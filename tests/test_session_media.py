@@ -51,7 +51,7 @@ def test_every_media_file(model, name, use_audio, tmp_path):
     if heard:
         assert abs(st.audio_tokens_in - 2 * duration) <= 3, (st.audio_tokens_in, duration)
     assert st.video_tokens_held <= 64 and st.audio_tokens_held <= 16
-    restored = StreamSession.load(session.save(tmp_path / "s.avmem"), model)
+    restored = StreamSession.load(session.save(tmp_path / "s.avmem"), model, session.settings)  # read settings are the caller's
     assert restored.ask("What happens?") == session.ask("What happens?")
     assert isinstance(answer, str)
 
