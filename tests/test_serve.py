@@ -228,6 +228,18 @@ def test_openai_models_and_chat_completions(client, clip):
     client.delete(f"/v1/sessions/{sid}")
 
 
+def test_refused_streamed_chat_closes_its_video_session(client, clip):
+    data = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode()
+    body = {"stream": True, "max_tokens": 10**6, "messages": [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": data}}, {"type": "text", "text": "q"}]}]}
+    manager = client.app.state.manager
+    before = {sid for sid, e in manager._sessions.items() if not e.closed}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400 and "max_new_tokens" in r.json()["error"]["message"]
+    assert {sid for sid, e in manager._sessions.items() if not e.closed} == before  # the ephemeral one is closed
+    assert client.app.state.uploads.usage("local") == (0, 0)
+
+
 def test_metrics_in_prometheus_format(client, clip):
     sid = upload(client, clip)
     client.post(f"/v1/sessions/{sid}/ask", json={"question": "Q?"})

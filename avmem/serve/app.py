@@ -540,12 +540,16 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
                                                "model": model_id, "choices": [], "usage": _usage(result)}) + "\n\n"
             return head + chunk({}, finish) + usage + "data: [DONE]\n\n"
 
+        close_now = ephemeral is not None  # a streamed answer closes its ephemeral session when the stream ends
         try:
             out = await answer(e, question, max_new, since, stream, sse, sampling)
+            close_now = close_now and not stream
         except ValueError as exc:
             raise ApiError(400, str(exc).splitlines()[0]) from None
+        except NotFound:
+            raise ApiError(404, f"no session {e.id!r}", "not_found_error") from None
         finally:
-            if ephemeral is not None and not stream:
+            if close_now:
                 await asyncio.to_thread(manager.close, ephemeral.id, None)
         if stream:
             if ephemeral is not None:
