@@ -498,21 +498,22 @@ class StreamSession:
             self._add_audio(audio, audio_rate, audio_t)
         self._busy_seconds += time.perf_counter() - start
 
-    def media(self, path: str | Path):
+    def media(self, path: str | Path, options: dict[str, str] | None = None):
         """A :class:`~avmem.media.FileSource` over a local file (or the URL of a recording) at the session's
         sampling (fps, audio if the session uses it), yielding frames and audio in time order. Frames come at
         their upright display size (frames over :data:`DECODE_PIXELS` are scaled down while decoding): the session
         resizes them to its pixel budget on the model's device.
-        Audio-only inputs are accepted when the session uses audio."""
+        Audio-only inputs are accepted when the session uses audio. ``options``: FFmpeg input options (a URL's
+        ``http_proxy``, as ``avmem serve`` sets)."""
         from .media import FileSource, probe
 
         budget = dict(fps=self.settings.fps, max_pixels=self.settings.max_pixels, min_pixels=self.settings.min_pixels,
                       factor=self.model.backbone.vision.factor)
-        has_video = probe(path, **budget).video is not None
+        has_video = probe(path, **budget, options=options).video is not None
         if not has_video and not self.settings.use_audio:
             raise ValueError(f"{path}: no video stream (and this session does not use audio)")
         return FileSource(path, video=has_video, audio=self.settings.use_audio, **{**budget, "max_pixels": None},
-                          decode_pixels=max(16 * self.settings.max_pixels, DECODE_PIXELS))
+                          decode_pixels=max(16 * self.settings.max_pixels, DECODE_PIXELS), options=options)
 
     def feed_item(self, item) -> None:
         """Feed one item of a media source (a ``VideoFrame`` or an ``AudioChunk``).

@@ -48,12 +48,14 @@ def resolve(source: str | Path, format: str | None) -> tuple[str, str | None]:
 
 
 def probe(source: str | Path, *, fps: float = 1.0, max_pixels: int | None = 176400, min_pixels: int = 784,
-          factor: int = 32, format: str | None = None, timeout: float = 10.0) -> MediaInfo:
+          factor: int = 32, format: str | None = None, timeout: float = 10.0,
+          options: dict[str, str] | None = None) -> MediaInfo:
     """Describe a file, URL or device: container, duration, streams and the sampled frame size.
 
     Opens the input and decodes its first video frame (the display rotation lives in frame side
     data). ``fps`` and the pixel budget are those of the source you will build; ``format`` forces an
-    FFmpeg input format ("v4l2" is implied for ``/dev/video*``); ``timeout`` bounds network waits (s).
+    FFmpeg input format ("v4l2" is implied for ``/dev/video*``); ``timeout`` bounds network waits (s);
+    ``options`` are FFmpeg input options (e.g. ``{"http_proxy": ...}``; see :func:`~avmem.media._decode.ffmpeg_input`).
 
     Raises:
         MediaError: missing, empty or non-media input; unreachable URL; undecodable video; absurd size.
@@ -61,7 +63,7 @@ def probe(source: str | Path, *, fps: float = 1.0, max_pixels: int | None = 1764
     fps = check_fps(fps)
     budget = PixelBudget(max_pixels, min_pixels, factor)
     name, format = resolve(source, format)
-    with open_input(name, format=format, timeout=timeout) as container:
+    with open_input(name, format=format, options=options, timeout=timeout) as container:
         duration = container.duration / av.time_base if container.duration else None
         start = container.start_time / av.time_base if container.start_time is not None else None
         vstream, astream = pick_video(container), pick_audio(container)

@@ -107,6 +107,7 @@ class FileSource(MediaSource):
         timeout: seconds to wait for network data (URLs).
         decode_pixels: with ``max_pixels=None``, the most pixels a frame keeps (larger frames are scaled
             down, aspect kept, by the decoder's scaler), so memory stays bounded on huge frames; None: no cap.
+        options: FFmpeg input options for every open of the input (e.g. ``{"http_proxy": ...}`` for a URL).
 
     Raises:
         MediaError: missing, empty or non-media file, unreachable URL, no video stream (video=True),
@@ -115,7 +116,8 @@ class FileSource(MediaSource):
 
     def __init__(self, path: str | Path, *, fps: float = 1.0, video: bool = True, audio: bool = True,
                  max_pixels: int | None = 176400, min_pixels: int = 784, factor: int = 32,
-                 timeout: float = 10.0, decode_pixels: int | None = None) -> None:
+                 timeout: float = 10.0, decode_pixels: int | None = None,
+                 options: dict[str, str] | None = None) -> None:
         name, _ = resolve(path, None)
         super().__init__(name, fps=fps, video=video, audio=audio, max_pixels=max_pixels, min_pixels=min_pixels,
                          factor=factor)
@@ -123,8 +125,9 @@ class FileSource(MediaSource):
         if decode_pixels is not None and (not isinstance(decode_pixels, int) or decode_pixels < 64):
             raise MediaError(f"decode_pixels must be an int >= 64 or None, got {decode_pixels!r}")
         self.decode_pixels = decode_pixels
+        self.options = dict(options) if options else None
         self.info: MediaInfo = probe(name, fps=self.fps, max_pixels=max_pixels, min_pixels=min_pixels,
-                                     factor=factor, timeout=self.timeout)
+                                     factor=factor, timeout=self.timeout, options=self.options)
         if video and self.info.video is None:
             raise MediaError(f"{name}: no video stream")
         if not video and self.info.audio is None:
@@ -171,7 +174,7 @@ class FileSource(MediaSource):
                     hole: Callable[[float, float], None]) -> Iterator[tuple[float, av.VideoFrame, float | None]]:
         """(presentation time s, frame, duration s or None) for every decoded frame; damaged stretches are
         skipped (``hole`` is told the time span) and decoding goes on after them."""
-        with open_input(self.name, timeout=self.timeout) as container:
+        with open_input(self.name, options=self.options, timeout=self.timeout) as container:
             stream = pick_video(container)
             cc = stream.codec_context
             # Frame threading keeps a decoded frame per thread: fine for video, gigabytes for 16000 x 16000 frames.
@@ -198,7 +201,7 @@ class FileSource(MediaSource):
                     hole: Callable[[float, float], None]) -> Iterator[tuple[float, np.ndarray]]:
         """(start time s, float32 16 kHz mono samples) blocks of the decoded audio; damaged stretches are
         skipped (``hole`` is told the time span; the assembler fills them with silence)."""
-        with open_input(self.name, timeout=self.timeout) as container:
+        with open_input(self.name, options=self.options, timeout=self.timeout) as container:
             stream = pick_audio(container)
             reader = _StreamReader(container, stream)
             feed = AudioFeed()

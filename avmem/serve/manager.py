@@ -27,6 +27,7 @@ from ..session import AUDIO_RATE, SessionSettings, StreamSession
 from . import snapshots
 from .batching import absorb_audio_together, absorb_together
 from .config import SESSION_SETTING_KEYS, ServeConfig
+from .egress import EgressProxy, new_tag
 from .policy import PolicyError, check_url
 from .quota import UploadTicket
 from .sampling import Sampling, StopFilter
@@ -84,6 +85,7 @@ class ServedSession:
     ingest_error: str | None = None
     temp_file: str | None = None
     upload: UploadTicket | None = None  # the per-key upload bytes of temp_file, released with it
+    egress_tag: str | None = None  # the egress proxy's tag of the current URL source (its refusals are named)
 
     def frames_per_second(self, window: float = 10.0) -> float:
         """Frames absorbed per wall-clock second over the last ``window`` seconds."""
@@ -118,6 +120,10 @@ class SessionManager:
         self.asks = 0
         self.ask_errors = 0
         self.restore_errors: list[str] = []
+        # FFmpeg reaches http(s) / HLS sources only through this proxy (checked and pinned per connection); a
+        # recording opens up to two connections at once, probes and HLS segments a few more in turn
+        self.egress = EgressProxy(config, max_connections=max(64, 4 * config.max_sessions),
+                                  connect_timeout=config.source_timeout, idle_timeout=600.0)
 
     # lifecycle ------------------------------------------------------------------------------------------
 
@@ -125,6 +131,7 @@ class SessionManager:
         """Restore the snapshots (when a folder is set) and start the worker and the snapshot timer."""
         if self._worker is not None:
             return
+        self.egress.start()
         if self.config.snapshot_dir:
             self.restore_all()
         self._worker = threading.Thread(target=self._run, name="avmem-worker", daemon=True)
@@ -153,6 +160,7 @@ class SessionManager:
         for e in entries:
             if e.pump is not None:
                 e.pump.join(timeout=10)
+        self.egress.stop()
 
     def _tick(self) -> None:
         while not self._stop.wait(self.config.snapshot_every):
@@ -362,13 +370,33 @@ class SessionManager:
         factor = self.model.backbone.vision.factor
         if e.spec.kind == "url":
             check_url(e.spec.url, self.config)  # again: the policy may have changed since a snapshot
-        if e.spec.live:
-            # FFmpeg would follow an HTTP redirect to any host (a loopback or private one too): not for clients' URLs
-            http = e.spec.kind == "url" and e.spec.url.split(":", 1)[0].lower() in ("http", "https", "hls")
-            return LiveSource(e.spec.url, fps=s.fps, audio=s.use_audio, max_pixels=s.max_pixels,
-                              min_pixels=s.min_pixels, factor=factor, timeout=self.config.source_timeout,
-                              options={"max_redirects": "0"} if http else None)
-        return e.session.media(e.spec.url)
+        http = e.spec.kind == "url" and e.spec.url.split(":", 1)[0].lower() in ("http", "https", "hls")
+        options = None
+        if http:
+            # every connection (redirects and HLS segments too) goes through the egress proxy: checked, pinned
+            if not self.egress.running:
+                self.egress.start()
+            if e.egress_tag is not None:
+                self.egress.forget(e.egress_tag)
+            e.egress_tag = new_tag()
+            options = self.egress.options(e.egress_tag)
+        try:
+            if e.spec.live:
+                # a live source gives its final URL: a redirect is an error (recordings follow theirs, checked)
+                return LiveSource(e.spec.url, fps=s.fps, audio=s.use_audio, max_pixels=s.max_pixels,
+                                  min_pixels=s.min_pixels, factor=factor, timeout=self.config.source_timeout,
+                                  options={**options, "max_redirects": "0"} if http else None)
+            return e.session.media(e.spec.url, options=options)
+        except (MediaError, ValueError) as exc:
+            refused = self._refused(e)
+            if refused:
+                raise PolicyError(f"{e.spec.url}: {refused}") from exc
+            raise
+
+    def _refused(self, e: ServedSession) -> str | None:
+        """What the egress proxy refused to the session's current source, in one line (None: nothing)."""
+        refused = self.egress.refusal(e.egress_tag) if e.egress_tag else None
+        return f"the server refused a connection ({refused})" if refused else None
 
     def _attach(self, e: ServedSession, source=None) -> None:
         """Start a pump from ``source`` (default: the session's own spec) continuing after what is queued."""
@@ -402,6 +430,9 @@ class SessionManager:
             status, error = ("waiting" if e.spec.kind == "push" else "ended"), None
         except Exception as exc:  # noqa: BLE001 - a source that dies mid-stream: the session stays, with its memory
             status, error = "failed", _one_line(exc)
+            refused = self._refused(e)
+            if refused:
+                error = f"{error}; {refused}"
             log.error("avmem serve: session %s: source failed: %s", e.id, error)
         finally:
             source.close()
@@ -442,6 +473,8 @@ class SessionManager:
             self._cond.notify_all()
         self.detach(e)
         self._remove_upload(e)
+        if e.egress_tag is not None:
+            self.egress.forget(e.egress_tag)
 
     @staticmethod
     def _remove_upload(e: ServedSession) -> None:

@@ -72,8 +72,9 @@ def check_url(url: str, config: ServeConfig) -> str:
 
     Rules: the scheme is one of :data:`URL_SCHEMES`; the URL has a host; every address the host resolves to is
     public (not loopback, private, link-local, shared, reserved or multicast) unless ``allow_hosts`` names the
-    host or covers its addresses. A name is resolved again when FFmpeg connects (see docs/serving.md on DNS
-    rebinding and redirects).
+    host or covers its addresses. http(s) and HLS sources are then read through the egress proxy
+    (:mod:`avmem.serve.egress`), which checks every connection again, redirects and playlist segments included,
+    and connects to the address it checked (see docs/serving.md).
 
     Raises:
         PolicyError: the rule broken, in one line.
@@ -94,14 +95,26 @@ def check_url(url: str, config: ServeConfig) -> str:
     host = parts.hostname
     if not host:
         raise PolicyError("URL has no host")
+    check_host(host, port, config)
+    return url
+
+
+def check_host(host: str, port: int | None,
+               config: ServeConfig) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Resolve ``host`` once and return its addresses if the policy lets the server reach every one of them (the
+    egress proxy connects to these very addresses, so the name is not resolved again).
+
+    Raises:
+        PolicyError: a non-public address that ``allow_hosts`` does not cover, or the name does not resolve.
+    """
     addresses = resolve_host(host, port)
     if _allowed(host, addresses, config):
-        return url
+        return addresses
     bad = [a for a in addresses if not _public(a)]
     if bad or not addresses:
         raise PolicyError(f"{host} resolves to a non-public address ({bad[0] if bad else 'none'}); allow it with "
                           f"--allow-hosts {host}")
-    return url
+    return addresses
 
 
 def check_source(source: str, config: ServeConfig) -> tuple[str, bool]:
