@@ -512,7 +512,12 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
             if len(videos) != 1:
                 raise ApiError(400, "give exactly one video_url content part, or 'avmem_session' naming a live session")
             e = ephemeral = await _open_video(owner, videos[0])
-            if not await asyncio.to_thread(manager.wait_idle, e, 3600):
+            try:
+                idle = await asyncio.to_thread(manager.wait_idle, e, 3600)
+            except BaseException:  # the client left while the video was decoding
+                manager.close(e.id, None)
+                raise
+            if not idle:
                 manager.close(e.id, None)
                 raise ApiError(504, "the video took too long to decode")
             if e.status == "failed":
