@@ -91,3 +91,21 @@ def test_cli_stream_with_server_uploads_and_answers(server, media, monkeypatch):
     assert "A: " in r.output and "received" in r.output
     r = CliRunner().invoke(app, ["stream", str(clip), "--server", "ftp://x"])
     assert r.exit_code == 2 and "avmem: error: --server must be an http(s) URL" in r.output
+
+
+def test_background_server_refuses_oversized_push_messages_before_buffering():
+    """BackgroundServer gives uvicorn the app's push message limit: a bigger message closes with 1009 (too big)."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from avmem.serve.background import BackgroundServer
+    from avmem.serve.cli import Client
+
+    app = create_app(ServeConfig(model="tiny-qwen3-vl", max_upload_bytes=4096), load_model("tiny-qwen3-vl"))
+    with BackgroundServer(app) as url:
+        sid = Client(url).call("POST", "/v1/sessions", {"push": True})["id"]
+        with connect(url.replace("http://", "ws://") + f"/v1/sessions/{sid}/push") as ws:
+            ws.send(bytes(20000))
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(timeout=30)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009

@@ -32,8 +32,10 @@ class BackgroundServer:
         import uvicorn
 
         self.host, self.port = host, port or free_port(host)
+        config = getattr(getattr(app, "state", None), "config", None)  # an avmem app: its push message limit
+        ws_max_size = config.max_push_bytes if config is not None else 64 << 20
         self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level=log_level,
-                                                    ws_max_size=64 << 20, timeout_graceful_shutdown=10))
+                                                    ws_max_size=ws_max_size, timeout_graceful_shutdown=10))
         self.thread = threading.Thread(target=self.server.run, name="avmem-uvicorn", daemon=True)
 
     @property
@@ -46,6 +48,7 @@ class BackgroundServer:
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"the server on {self.url} did not start")
             time.sleep(0.05)
         return self.url
