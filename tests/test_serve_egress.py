@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import os
 import shutil
 import socket
 import ssl
@@ -203,6 +204,8 @@ def test_proxy_refuses_connect_and_get_to_refused_addresses(www, servers):
         proxy.options("t2")
         assert _request(proxy.port, f"POST {allowed.url('/x')} HTTP/1.1\r\n{_auth('t2')}\r\n\r\n").startswith(
             b"HTTP/1.1 405 ")
+        assert _request(proxy.port, f"GET {allowed.url('/x')} HTTP/1.1\r\n{_auth('t2')}\r\nContent-length: 3\r\n\r\n"
+                                    "abc").startswith(b"HTTP/1.1 400 ")
         # an allowed CONNECT tunnels bytes both ways (here: plain HTTP through the tunnel)
         reply = _request(proxy.port, f"CONNECT {ALLOWED}:{allowed.port} HTTP/1.1\r\n{_auth('t2')}\r\n\r\n"
                                      f"GET /seg.ts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -216,9 +219,11 @@ def test_proxy_refuses_connect_and_get_to_refused_addresses(www, servers):
         proxy.stop()
 
 
-def test_proxy_bounds_connections_and_idle_time(servers):
+def test_proxy_bounds_connections_and_idle_time(servers, monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1")  # FFmpeg would bypass the proxy for these hosts
     proxy = EgressProxy(config(), max_connections=1, idle_timeout=0.5)
     proxy.start()
+    assert "no_proxy" not in os.environ
     try:
         first = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
         time.sleep(0.2)  # the first connection holds the only slot

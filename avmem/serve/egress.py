@@ -153,7 +153,8 @@ class EgressProxy:
             except OSError:
                 return  # closed by stop()
             if not self._slots.acquire(blocking=False):
-                self.busy += 1
+                with self._lock:
+                    self.busy += 1
                 client.settimeout(1.0)
                 _answer(client, _Refuse(503, "Service Unavailable", "the egress proxy is at its connection limit"))
                 _close(client)
@@ -182,7 +183,7 @@ class EgressProxy:
                     raise _Refuse(400, "Bad Request", "a proxy request names an absolute http:// URL")
                 host = parts.hostname
                 path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-                if any(k == "content-length" and v.strip() not in ("", "0") for k, v in headers):
+                if any(k.lower() == "content-length" and v.strip() not in ("", "0") for k, v in headers):
                     raise _Refuse(400, "Bad Request", "request bodies are not relayed")
             else:
                 raise _Refuse(405, "Method Not Allowed", f"method {method} is not relayed (GET, HEAD, CONNECT only)")
@@ -193,13 +194,15 @@ class EgressProxy:
                 with self._lock:
                     if tag in self._tags:
                         self._tags[tag] = reason
-                self.refused += 1
+                    self.refused += 1
                 log.warning("avmem serve: egress refused %s", reason)
                 raise _Refuse(403, "Forbidden", reason) from None
             upstream = self._connect(host, addresses, port)
             with self._lock:
+                if self._listener is None:
+                    return  # stopped meanwhile
                 self._open.add(upstream)
-            self.allowed += 1
+                self.allowed += 1
             if method == "CONNECT":
                 client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             else:
