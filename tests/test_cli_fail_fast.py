@@ -147,3 +147,11 @@ def test_unknown_reader_is_rejected_without_importing_torch():
                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.stdout.strip() == "exit 2 False", (out.stdout, out.stderr)
     assert out.stderr.strip().startswith("avmem: error: --reader must be one of full,") and "'bogus'" in out.stderr
+
+
+@pytest.mark.parametrize("extra, match", [(["--port", "-1"], "port must be in 0 .. 65535"),
+                                          (["--port", "70000"], "port must be in 0 .. 65535"),
+                                          (["--log-level", "bogus"], "--log-level must be one of")])
+def test_serve_options_fail_before_the_model_loads(extra, match):
+    pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install -e '.[dev]'")
+    one_line_error(["serve", "--model", "tiny-qwen3-vl", *extra], match)

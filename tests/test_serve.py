@@ -240,6 +240,11 @@ def test_refused_streamed_chat_closes_its_video_session(client, clip):
     assert client.app.state.uploads.usage("local") == (0, 0)
 
 
+def test_bad_default_session_settings_are_refused_at_start(model):
+    with pytest.raises(ValueError, match="default session settings: chunk_frames must be even"):
+        create_app(ServeConfig(model="tiny-qwen3-vl", session_defaults={"chunk_frames": 3}), model)
+
+
 def test_metrics_in_prometheus_format(client, clip):
     sid = upload(client, clip)
     client.post(f"/v1/sessions/{sid}/ask", json={"question": "Q?"})

@@ -144,6 +144,10 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
         _quiet_transformers()
         model = load_model(config.model, device=resolve_device(config.device), dtype=resolve_dtype(config.dtype))
     manager = SessionManager(config, model)
+    try:
+        manager.settings_for(None)  # the server's default session settings, on this model
+    except ValueError as exc:
+        raise ValueError(f"default session settings: {exc}") from None
     keys = KeyRing(config.api_keys)
     uploads = UploadQuota(config.max_uploads_per_key, config.max_upload_bytes_per_key)
     # a chat request may carry its video as a base64 data: URL of up to CHAT_DATA_BYTES

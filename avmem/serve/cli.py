@@ -15,6 +15,10 @@ import typer
 from .config import ServeConfig, is_loopback_host, read_api_keys
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+"""uvicorn's log levels (``--log-level``)."""
+
+
 def serve_command(
     model: str = typer.Option(..., "--model", help="Model folder, hub id or preset (random-qwen3-vl-8b, "
                               "tiny-qwen3-vl, ...)."),
@@ -58,6 +62,8 @@ def serve_command(
     if not keys and not is_loopback_host(host):
         raise ValueError(f"refusing to listen on {host} without API keys: give --api-key-file, or listen on a "
                          f"loopback address (127.0.0.1, ::1)")
+    if log_level.lower() not in LOG_LEVELS:
+        raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     for flag, value in (("--max-upload-mb", max_upload_mb), ("--max-upload-mb-per-key", max_upload_mb_per_key),
                         ("--max-uploads-per-key", max_uploads_per_key), ("--max-push-rate", max_push_rate)):
         if not value > 0:
@@ -88,7 +94,7 @@ def serve_command(
     if app.state.manager.restore_errors:
         print(f"avmem: note: {len(app.state.manager.restore_errors)} snapshot(s) skipped (see the log)",
               file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=30,
                 ws_max_size=config.max_push_bytes)
 
 

@@ -75,6 +75,8 @@ class ServeConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 < self.max_push_rate < float("inf"):
             raise ValueError(f"max_push_rate must be a finite number > 0, got {self.max_push_rate}")
+        if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
+            raise ValueError(f"port must be in 0 .. 65535, got {self.port}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every must be >= 0 seconds, got {self.snapshot_every}")
         if not 0 < self.source_timeout <= 600:
