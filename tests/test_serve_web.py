@@ -1,10 +1,12 @@
 """The web page of ``avmem serve`` in headless Chromium (Debian's chromium + chromium-driver, driven by selenium):
 a real uvicorn server on 127.0.0.1 with the tiny model and an API key; the page asks for the key, creates a camera
 session from Chromium's fake camera, pushes frames over the WebSocket, asks and shows the streamed answer and the
-telemetry; then an upload session. Screenshots go to docs/serve_web*.png."""
+telemetry; then an upload session. Screenshots go to pytest's temporary folder, or to docs/serve_web*.png with
+AVMEM_SCREENSHOTS=docs (how the pictures in docs/serving.md are refreshed)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -29,7 +31,6 @@ from avmem.serve import ServeConfig, create_app
 from avmem.serve.background import BackgroundServer
 from avmem.synth import write_test_pattern_clip
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 KEY = "web-test-key-0123456789"
 
 
@@ -84,6 +85,13 @@ def ask_on_page(driver, question: str) -> str:
     return done.text
 
 
+def _screenshot_dir(tmp_path: Path) -> Path:
+    """docs/ when AVMEM_SCREENSHOTS=docs (refreshing the pictures in docs/serving.md), else the test's tmp folder."""
+    if os.environ.get("AVMEM_SCREENSHOTS") == "docs":
+        return Path(__file__).resolve().parent.parent / "docs"
+    return tmp_path
+
+
 def test_page_camera_push_ask_and_upload(server, browser, tmp_path):
     d = browser
     d.get(server + "/")
@@ -107,8 +115,8 @@ def test_page_camera_push_ask_and_upload(server, browser, tmp_path):
     with_stats = wait(d, lambda d: int(d.find_element(By.ID, "v-video").text) > 0 and d, 30, "telemetry")
     assert d.find_element(By.ID, "v-loss").text != "–"  # the TTT memory reports its loss
     time.sleep(2.5)  # a few more telemetry points on the chart
-    DOCS.mkdir(exist_ok=True)
-    with_stats.save_screenshot(str(DOCS / "serve_web.png"))
+    shots = _screenshot_dir(tmp_path)
+    with_stats.save_screenshot(str(shots / "serve_web.png"))
     frames = int(d.find_element(By.ID, "session").get_attribute("data-frames"))
     d.find_element(By.ID, "stop").click()
     wait(d, lambda d: d.find_element(By.ID, "session").text == "no session", 30, "the session closed")
@@ -122,4 +130,4 @@ def test_page_camera_push_ask_and_upload(server, browser, tmp_path):
     wait(d, lambda d: "ended" in d.find_element(By.ID, "session").text, 90, "the upload decoded")
     answer = ask_on_page(d, "What moved across the screen?")
     assert answer.strip()
-    d.save_screenshot(str(DOCS / "serve_web_upload.png"))
+    d.save_screenshot(str(shots / "serve_web_upload.png"))
