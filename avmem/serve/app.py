@@ -386,7 +386,11 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
         future = asyncio.wrap_future(manager.call(manager.ask_job(e, question, max_new_tokens, on_piece, since,
                                                                   sampling)))
         future.add_done_callback(lambda _f: pieces.put_nowait(None))
-        first = await pieces.get()
+        try:
+            first = await pieces.get()
+        except BaseException:  # the client left before the first token: generation stops at the next one
+            cancelled.append(True)
+            raise
         if first is None:
             future.result()  # raises what made the question fail (before any event is sent)
 
