@@ -399,7 +399,10 @@ class Router:
             i = await self.locate(m.group(1))
             if i is None:
                 return _error(404, f"no session {m.group(1)!r}", "not_found_error")
-            return await self.forward(i, request, body)
+            response = await self.forward(i, request, body)
+            if request.method == "DELETE" and route == f"/v1/sessions/{m.group(1)}" and response.status_code == 200:
+                self.where.pop(m.group(1), None)  # the router's table holds live sessions only
+            return response
         if route == "/v1/sessions" and request.method == "GET":
             parts = [await self.forward(i, request, b"") for i in range(len(self.replicas))]
             if any(p.status_code != 200 for p in parts):
