@@ -300,7 +300,8 @@ def test_cli_runs_resumes_and_merges(media, tmp_path):
 
 
 def test_cli_input_errors(media, tmp_path):
-    unknown = runner.invoke(app, ["eval", str(media / "test.json"), "--benchmark", "nope", "--out", str(tmp_path)])
+    unknown = runner.invoke(app, ["eval", str(media / "test.json"), "--benchmark", "nope", "--out", str(tmp_path),
+                                   "--model", "tiny-qwen3-vl"])
     assert unknown.exit_code == 2 and "mlvu" in unknown.stderr and "synth" in unknown.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -309,9 +310,10 @@ def test_cli_input_errors(media, tmp_path):
     assert none.exit_code == 2 and "none of the 3 videos found" in none.stderr
     assert len(none.stderr.strip().splitlines()) == 1
     bad = runner.invoke(app, ["eval", str(media / "test.json"), "--benchmark", "synth", "--out", str(tmp_path / "r"),
-                              "--shard", "2/2"])
+                              "--shard", "2/2", "--model", "tiny-qwen3-vl"])
     assert bad.exit_code == 2 and "--shard" in bad.stderr
-    legacy = runner.invoke(app, ["eval", str(media / "test.json"), "--out", str(tmp_path / "r")])
+    legacy = runner.invoke(app, ["eval", str(media / "test.json"), "--out", str(tmp_path / "r"), "--model",
+                                 "tiny-qwen3-vl"])
     assert legacy.exit_code == 2 and "needs --benchmark" in legacy.stderr
 
 
