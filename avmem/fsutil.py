@@ -26,6 +26,19 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` to disk, then every folder (deepest first, ``root`` last), so a rename of
+    ``root`` made after this is durable with its whole content. Raises OSError when a file cannot be flushed."""
+    root = Path(root)
+    for path in sorted(root.rglob("*"), key=lambda p: -len(p.parts)):
+        if path.is_dir():
+            fsync_dir(path)
+        elif path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(root)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], Any], fsync: bool = False, suffix: str = ".tmp") -> None:
     """Replace ``path`` atomically: ``write(tmp)`` fills a fresh temporary file in the same folder (unique per call,
     ending in ``suffix``); it is flushed to disk when ``fsync`` is set, then renamed over ``path`` and, with ``fsync``,

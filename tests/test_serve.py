@@ -19,6 +19,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from avmem.model import load_model
 from avmem.serve import ServeConfig, create_app
+from avmem.serve.manager import NotFound
 from avmem.serve.policy import PolicyError, check_container, check_source
 from avmem.serve.push import encode_message, image_size, parse_message
 from avmem.synth import write_test_pattern_clip
@@ -402,6 +403,59 @@ def test_snapshots_restore_after_restart_and_skip_corrupt_ones(model, clip, tmp_
         wait_for(lambda: c.get(f"/v1/sessions/{push_id}").json()["frames"] == 4)
         c.delete(f"/v1/sessions/{sid}")
     assert not (snaps / sid).exists() and not (snaps / sid / ".tmp-crashed").exists()
+
+
+def test_close_during_a_snapshot_does_not_bring_the_session_back(model, tmp_path):
+    cfg = config(snapshot_dir=str(tmp_path), snapshot_every=0)
+    app = create_app(cfg, model)
+    manager = app.state.manager
+    with TestClient(app) as c:
+        sid = c.post("/v1/sessions", json={"push": True}).json()["id"]
+        with c.websocket_connect(f"/v1/sessions/{sid}/push") as ws:
+            ws.send_bytes(frame_message(0.0, 90))
+            end_push(ws)
+        entry = manager.get(sid, None)
+        entered, release = threading.Event(), threading.Event()
+        save = entry.session.save
+
+        def slow_save(path):  # the worker is inside write_snapshot when the client closes the session
+            entered.set()
+            assert release.wait(30)
+            return save(path)
+
+        entry.session.save = slow_save
+        writing = manager.call(lambda: manager.snapshot_now(entry))
+        assert entered.wait(30)
+        closer = threading.Thread(target=manager.close, args=(sid, None))
+        closer.start()
+        wait_for(lambda: entry.closed)
+        assert closer.is_alive()  # the folder's removal waits behind the snapshot being written
+        release.set()
+        writing.result(timeout=30)
+        closer.join(timeout=30)
+        assert not closer.is_alive() and not (tmp_path / sid).exists()
+        with pytest.raises(NotFound):  # a snapshot of a closed session is refused
+            manager.call(lambda: manager.snapshot_now(entry)).result(timeout=30)
+        assert c.delete(f"/v1/sessions/{sid}").status_code == 404
+    assert not (tmp_path / sid).exists()
+    with TestClient(create_app(cfg, model)) as c:
+        assert c.get("/v1/sessions").json()["sessions"] == []
+
+
+def test_delete_of_a_session_closed_after_its_lookup_is_404(model):
+    app = create_app(config(), model)
+    manager = app.state.manager
+    close = manager.close
+
+    def close_twice(sid, owner):  # another request closes the session between DELETE's lookup and its close
+        close(sid, owner)
+        close(sid, owner)
+
+    with TestClient(app) as c:
+        sid = c.post("/v1/sessions", json={"push": True}).json()["id"]
+        manager.close = close_twice
+        r = c.delete(f"/v1/sessions/{sid}")
+        assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
 
 
 def test_periodic_snapshots(model, tmp_path):

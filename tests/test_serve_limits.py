@@ -224,12 +224,61 @@ def test_snapshot_export_import_is_the_public_move_api(model, clip, tmp_path):
         assert not snapshots.valid_id(bad)
         with pytest.raises(ValueError, match="bad session id"):
             snapshots.import_generation(tmp_path / "b", bad, archive)
-    evil = io.BytesIO()
-    with tarfile.open(fileobj=evil, mode="w") as tar:
-        info = tarfile.TarInfo("../escaped")
+
+
+
+def _crafted(*members: tuple[str, bytes, str]) -> bytes:
+    """An uncompressed tar of ``(name, kind, data)`` members: kind file, dir, symlink, hardlink, chardev, fifo."""
+    kinds = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+             "hardlink": tarfile.LNKTYPE, "chardev": tarfile.CHRTYPE, "fifo": tarfile.FIFOTYPE}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            info.type = kinds[kind]
+            if kind == "file":
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                info.linkname = data.decode()
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("members, words", [
+    ((("gen", "dir", b""), ("../escaped", "file", b"x")), "not a relative name"),
+    ((("gen", "dir", b""), ("/tmp/escaped", "file", b"x")), "not a relative name"),
+    ((("gen", "dir", b""), ("gen/../../escaped", "file", b"x")), "not a relative name"),
+    ((("gen", "dir", b""), ("other/f", "file", b"x")), "not a relative name"),
+    ((("gen", "dir", b""), ("gen/link", "symlink", b"/etc/passwd")), "not a regular file"),
+    ((("gen", "dir", b""), ("gen/f", "file", b"x"), ("gen/hard", "hardlink", b"gen/f")), "not a regular file"),
+    ((("gen", "dir", b""), ("gen/tty", "chardev", b"")), "not a regular file"),
+    ((("gen", "dir", b""), ("gen/pipe", "fifo", b"")), "not a regular file"),
+    ((("gen", "dir", b""), ("gen/f", "file", b"x"), ("gen/f", "file", b"y")), "twice"),
+    ((("gen/served.json", "file", b"{}"),), None),  # accepted: a file without its folder's own entry
+])
+def test_snapshot_import_checks_every_member(tmp_path, members, words):
+    archive = _crafted(*members)
+    if words is None:
+        assert (snapshots.import_generation(tmp_path / "c", "sid-2", archive) / "served.json").read_bytes() == b"{}"
+        return
+    with pytest.raises(ValueError, match=words):
+        snapshots.import_generation(tmp_path / "c", "sid-2", archive)
+    assert not (tmp_path / "c" / "escaped").exists() and not (tmp_path / "escaped").exists()
+    assert list((tmp_path / "c" / "sid-2").iterdir()) == []  # nothing left behind
+
+
+def test_snapshot_import_refuses_compressed_and_oversized_archives(tmp_path):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:  # a compressed archive could expand without bound
+        info = tarfile.TarInfo("gen/f")
         info.size = 1
         tar.addfile(info, io.BytesIO(b"x"))
     with pytest.raises(tarfile.TarError):
-        snapshots.import_generation(tmp_path / "c", "sid-2", evil.getvalue())
-    assert not (tmp_path / "c" / "escaped").exists() and not (tmp_path / "escaped").exists()
-    assert list((tmp_path / "c" / "sid-2").iterdir()) == []  # nothing left behind
+        snapshots.import_generation(tmp_path, "sid-3", raw.getvalue())
+    big = tarfile.TarInfo("gen/f")
+    big.size = 1 << 30  # a header claiming more bytes than the archive holds
+    archive = big.tobuf(tarfile.USTAR_FORMAT) + bytes(1024)
+    with pytest.raises((ValueError, tarfile.TarError)):
+        snapshots.import_generation(tmp_path, "sid-3", archive)
+    assert list((tmp_path / "sid-3").iterdir()) == []

@@ -353,7 +353,10 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
     @app.delete("/v1/sessions/{sid}")
     async def delete(request: Request, sid: str):
         e = session_of(request, sid)
-        await asyncio.to_thread(manager.close, e.id, None)
+        try:
+            await asyncio.to_thread(manager.close, e.id, None)
+        except NotFound:  # closed by another request since the lookup
+            raise ApiError(404, f"no session {sid!r}", "not_found_error") from None
         return {"id": sid, "deleted": True}
 
     @app.post("/v1/sessions/{sid}/snapshot")
@@ -361,7 +364,10 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
         e = session_of(request, sid)
         if not config.snapshot_dir:
             raise ApiError(409, "the server has no --snapshot-dir")
-        path = await asyncio.wrap_future(manager.call(lambda: manager.snapshot_now(e)))
+        try:
+            path = await asyncio.wrap_future(manager.call(lambda: manager.snapshot_now(e)))
+        except NotFound:  # closed since the lookup
+            raise ApiError(404, f"no session {sid!r}", "not_found_error") from None
         return {"id": sid, "snapshot": Path(path).name}
 
     async def answer(e, question: str, max_new_tokens: int | None, since: float | None, stream: bool, sse_format,

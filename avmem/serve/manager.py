@@ -12,7 +12,6 @@ session slower than real time never holds more than ``ingest_queue`` items.
 from __future__ import annotations
 
 import concurrent.futures
-import inspect
 import logging
 import secrets
 import threading
@@ -486,11 +485,21 @@ class SessionManager:
             e.upload.release()
 
     def close(self, sid: str, owner: str | None) -> None:
-        """Stop and forget a session (its snapshots are deleted). Raises NotFound."""
+        """Stop and forget a session; its snapshots are deleted by a worker job, so after any snapshot of it the
+        worker is writing (which would recreate the folder), and before this returns. Raises NotFound."""
         e = self.get(sid, owner)
         self._forget(e)
-        if self.config.snapshot_dir:
-            snapshots.remove(self.config.snapshot_dir, sid)
+        if not self.config.snapshot_dir:
+            return
+        remove = lambda: snapshots.remove(self.config.snapshot_dir, sid)  # noqa: E731
+        if e.hidden or self._worker is None or threading.current_thread() is self._worker:
+            remove()  # never snapshotted (hidden), or no worker to order against (or this is the worker)
+            return
+        fut = self.call(remove)
+        try:
+            fut.result(timeout=600)
+        except RuntimeError:  # the worker is stopping: no snapshot starts any more
+            remove()
 
     def wait_pumped(self, e: ServedSession, source, timeout: float) -> bool:
         """Wait until the pump of ``source`` has queued its last item (True when so)."""
@@ -576,6 +585,8 @@ class SessionManager:
         """Write a snapshot of one session (worker job; queued items are staged first). Returns its folder."""
         if not self.config.snapshot_dir:
             raise ValueError("the server has no --snapshot-dir")
+        if e.closed:  # a closed session is never written again (its folder is being removed)
+            raise NotFound(e.id)
         self._drain(e)
         # a snapshot holds less than one chunk of frames and one batch of audio pieces pending, as a session fed
         # alone does
@@ -662,13 +673,13 @@ class SessionManager:
 
 
 def _load_session(path: Path, model, settings: dict | None) -> StreamSession:
-    """``StreamSession.load``, with the session's own reading settings (answer length, reader) where the loader takes
-    them (the snapshot file restores what the memory holds; how questions read it is the server's to keep)."""
-    if settings is not None and "settings" in inspect.signature(StreamSession.load).parameters:
-        if not isinstance(settings, dict):
-            raise ValueError("served.json: settings must be an object")
-        return StreamSession.load(path, model, SessionSettings(**settings))
-    return StreamSession.load(path, model)
+    """``StreamSession.load`` with the session's own reading settings (answer length, reader): the snapshot file
+    restores what the memory holds; how questions read it is the server's to keep."""
+    if settings is None:
+        return StreamSession.load(path, model)
+    if not isinstance(settings, dict):
+        raise ValueError("served.json: settings must be an object")
+    return StreamSession.load(path, model, SessionSettings(**settings))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -18,6 +18,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from ..fsutil import fsync_dir, fsync_tree
+
 SERVED_FORMAT = "avmem-served/1"
 _GEN = re.compile(r"^gen-(\d{10})$")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -26,20 +28,6 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 def valid_id(session_id: str) -> bool:
     """Whether ``session_id`` may name a session folder (1-64 of A-Z a-z 0-9 _ -: never a path)."""
     return isinstance(session_id, str) and bool(_ID.match(session_id))
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*"), key=lambda p: -len(p.parts)):
-        _fsync(path)
-    _fsync(root)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def generations(folder: Path) -> list[tuple[int, Path]]:
@@ -66,10 +54,10 @@ def write_snapshot(root: str | Path, session_id: str, session, served: dict) -> 
     try:
         session.save(tmp / "session")
         (tmp / "served.json").write_text(json.dumps({"format": SERVED_FORMAT, **served}))
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         final = folder / f"gen-{number:010d}"
         os.rename(tmp, final)
-        _fsync(folder)
+        fsync_dir(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -126,14 +114,63 @@ def export_generation(generation: str | Path) -> bytes:
     return buf.getvalue()
 
 
-def import_generation(root: str | Path, session_id: str, archive: bytes) -> Path:
-    """Unpack an :func:`export_generation` archive as the next generation of ``session_id`` under ``root``
-    (extracted in a temporary folder with tarfile's ``data`` filter: no absolute paths, links out of the folder or
-    device files; renamed into place once complete). Returns the generation folder (read it with
-    :func:`read_served` and ``StreamSession.load``, which check it).
+MAX_MEMBERS = 10_000  # a snapshot holds a handful of files
+
+
+def _checked_members(tar: tarfile.TarFile, max_bytes: int) -> list[tarfile.TarInfo]:
+    """The archive's members, each checked: a regular file or a folder (no links, devices or FIFOs), a relative
+    name under ``gen`` without ``..`` or empty parts; at most :data:`MAX_MEMBERS` and ``max_bytes`` in all.
 
     Raises:
-        ValueError: bad session id, or an archive without a ``gen/`` folder (tarfile.TarError when unreadable).
+        ValueError: the first member that breaks a rule, named.
+    """
+    members, total = [], 0
+    for m in tar:
+        members.append(m)
+        if len(members) > MAX_MEMBERS:
+            raise ValueError(f"the archive holds more than {MAX_MEMBERS} members")
+        if not (m.isreg() or m.isdir()):
+            raise ValueError(f"archive member {m.name!r}: not a regular file or folder")
+        parts = m.name.split("/")
+        if m.name.endswith("/") and m.isdir():
+            parts = parts[:-1]
+        if (m.name.startswith("/") or "\\" in m.name or "\0" in m.name or parts[0] != "gen"
+                or any(p in ("", ".", "..") for p in parts)):
+            raise ValueError(f"archive member {m.name!r}: not a relative name under gen/")
+        total += m.size
+        if m.size < 0 or total > max_bytes:
+            raise ValueError(f"the archive's members hold more than {max_bytes} bytes")
+    return members
+
+
+def _extract(tar: tarfile.TarFile, members: list[tarfile.TarInfo], dest: Path) -> None:
+    """Write checked members under ``dest``: folders and plain files only, with this process's default modes
+    (no owners, modes or times taken from the archive; tarfile's extraction filters are not relied on)."""
+    for m in members:
+        target = dest.joinpath(*m.name.rstrip("/").split("/"))
+        if m.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src = tar.extractfile(m)
+        if src is None:
+            raise ValueError(f"archive member {m.name!r}: unreadable")
+        with src, open(target, "xb") as out:  # "x": a second member of the same name is refused
+            shutil.copyfileobj(src, out)
+            if out.tell() != m.size:
+                raise ValueError(f"archive member {m.name!r}: truncated")
+
+
+def import_generation(root: str | Path, session_id: str, archive: bytes) -> Path:
+    """Unpack an :func:`export_generation` archive as the next generation of ``session_id`` under ``root``
+    (an uncompressed tar; every member checked first: regular files and folders only, relative names under ``gen/``
+    without ``..``, at most the archive's own size in all; extracted in a temporary folder, renamed into place
+    once complete). Returns the generation folder (read it with :func:`read_served` and ``StreamSession.load``,
+    which check it).
+
+    Raises:
+        ValueError: bad session id, a refused member, or an archive without a ``gen/`` folder (tarfile.TarError
+        when unreadable).
     """
     if not valid_id(session_id):
         raise ValueError(f"bad session id {session_id!r}")
@@ -141,15 +178,18 @@ def import_generation(root: str | Path, session_id: str, archive: bytes) -> Path
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
     try:
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as tar:
-            tar.extractall(tmp, filter="data")
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+            try:
+                _extract(tar, _checked_members(tar, max_bytes=len(archive)), tmp)
+            except FileExistsError as exc:
+                raise ValueError(f"the archive holds {Path(exc.filename).name!r} twice") from None
         if not (tmp / "gen").is_dir():
             raise ValueError("the archive holds no gen/ folder")
-        _fsync_tree(tmp / "gen")
+        fsync_tree(tmp / "gen")
         gens = generations(folder)
         final = folder / f"gen-{(gens[-1][0] + 1 if gens else 1):010d}"
         os.rename(tmp / "gen", final)
-        _fsync(folder)
+        fsync_dir(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
