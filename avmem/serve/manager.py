@@ -465,6 +465,26 @@ class SessionManager:
         if source is not None:
             source.close()
 
+    def resume(self, e: ServedSession) -> None:
+        """Undo :meth:`detach` (a move to another server failed): as after a restore, a live URL session re-attaches
+        from the live edge, a push session waits for a client, a recording or upload stays "detached" (its file or
+        decoder is gone). Raises NotFound when the session was closed meanwhile."""
+        if e.closed:
+            raise NotFound(e.id)
+        if e.source is not None:
+            return
+        if e.spec.kind == "url" and e.spec.live:
+            try:
+                self._attach(e)
+                return
+            except (MediaError, PolicyError, ValueError, OSError) as exc:
+                error = _one_line(exc)
+                log.error("avmem serve: session %s: cannot re-attach %s: %s", e.id, e.spec.url, error)
+        else:
+            error = None
+        with self._cond:
+            e.status, e.error = ("waiting" if e.spec.kind == "push" else "detached"), error
+
     def _forget(self, e: ServedSession) -> None:
         with self._cond:
             e.closed = True

@@ -22,8 +22,10 @@ import asyncio
 import json
 import logging
 import re
+import shutil
 import tempfile
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -198,16 +200,44 @@ class Replica:
 
     async def export_session(self, sid: str, owner: str | None) -> bytes:
         """Stop the session's source, snapshot it, return the snapshot generation as a tar archive (the session
-        stays here until :meth:`drop`). Raises KeyError when ``owner`` holds no session ``sid``."""
+        stays here until :meth:`drop`, or :meth:`resume` when the move fails). Raises KeyError when ``owner`` holds
+        no session ``sid``; when the snapshot fails the source is resumed before the error is raised."""
         e = self.manager.get(sid, owner)
         self.manager.detach(e)
-        gen = await asyncio.wrap_future(self.manager.call(lambda: self.manager.snapshot_now(e)))
-        return snapshots.export_generation(gen)
+        try:
+            gen = await asyncio.wrap_future(self.manager.call(lambda: self.manager.snapshot_now(e)))
+            return snapshots.export_generation(gen)
+        except BaseException:
+            self.manager.resume(e)
+            raise
 
     def import_session(self, sid: str, archive: bytes) -> dict:
-        """Restore a session exported by another replica (written to this replica's snapshot folder first)."""
-        gen = snapshots.import_generation(self.manager.config.snapshot_dir, sid, archive)
-        return self.manager.describe(self.manager.restore_one(sid, gen))
+        """Restore a session exported by another replica (written to this replica's snapshot folder first).
+
+        Raises:
+            ValueError: this replica holds ``sid`` already (nothing written), or the archive / snapshot is refused
+                (what was written for it is removed again; and OSError, KeyError, tarfile.TarError).
+        """
+        if self.has(sid):
+            raise ValueError(f"replica {self.index} holds a session {sid!r} already")
+        root = self.manager.config.snapshot_dir
+        gen = None
+        try:
+            gen = snapshots.import_generation(root, sid, archive)
+            return self.manager.describe(self.manager.restore_one(sid, gen))
+        except BaseException:
+            if self.has(sid):  # held meanwhile by another import: only this generation goes
+                if gen is not None:
+                    shutil.rmtree(gen, ignore_errors=True)
+            else:
+                snapshots.remove(root, sid)
+            raise
+
+    def resume(self, sid: str) -> dict:
+        """Re-attach a session whose move failed after :meth:`export_session` (see ``SessionManager.resume``)."""
+        e = self.manager.get(sid, None)
+        self.manager.resume(e)
+        return self.manager.describe(e)
 
     def drop(self, sid: str) -> None:
         """Forget a session that moved away (its snapshots here are deleted)."""
@@ -217,6 +247,66 @@ class Replica:
         from .metrics import render_metrics
 
         return render_metrics(self.manager)
+
+
+# --- moving a session between replicas --------------------------------------------------------------------------
+
+
+class MoveError(Exception):
+    """A move that did not happen; the session stays where it was. ``status``: 409 refused, 500 failed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _cause(exc: BaseException) -> str:
+    """One line naming what went wrong on a replica (a Ray task error carries the replica's exception)."""
+    cause = getattr(exc, "cause", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
+
+
+def _remote(handle) -> Callable[..., Awaitable]:
+    """``call(method, *args)`` on a Ray Serve deployment handle."""
+    return lambda name, *args: getattr(handle, name).remote(*args)
+
+
+async def move_session(src: Callable[..., Awaitable], dst: Callable[..., Awaitable], sid: str, owner: str | None,
+                       src_index: int = 0, dst_index: int = 1) -> dict:
+    """Move session ``sid`` from one replica to another through its snapshot; ``src`` / ``dst`` are
+    ``call(method, *args)`` of the two :class:`Replica` objects. Returns the session's stats on ``dst``.
+
+    A move to a replica holding ``sid`` is refused before anything stops; when the import fails, the replica removes
+    what it wrote and the session's source is resumed on ``src`` (it never exists twice, nor nowhere).
+
+    Raises:
+        KeyError: ``owner`` holds no session ``sid`` on ``src``.
+        MoveError: refused (409) or failed (500), the session staying on ``src``.
+    """
+    if await dst("has", sid):
+        raise MoveError(409, f"replica {dst_index} holds a session {sid!r} already; the session stays on replica "
+                             f"{src_index}")
+    try:
+        archive = await src("export_session", sid, owner)
+    except KeyError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the snapshot failed: the replica resumed the source itself
+        raise MoveError(500, f"cannot snapshot session {sid!r} on replica {src_index} ({_cause(exc)}); it stays "
+                             "there") from None
+    try:
+        stats = await dst("import_session", sid, archive)
+    except Exception as exc:  # noqa: BLE001 - reported to the client; the session goes back to its source
+        why = _cause(exc)
+        log.error("avmem serve: moving session %s to replica %d failed: %s", sid, dst_index, why)
+        try:
+            await src("resume", sid)
+            where = f"it stays on replica {src_index}"
+        except Exception as again:  # noqa: BLE001 - e.g. closed meanwhile
+            where = f"and it could not resume on replica {src_index} ({_cause(again)})"
+        raise MoveError(500, f"moving session {sid!r} to replica {dst_index} failed ({why}); {where}") from None
+    await src("drop", sid)
+    return stats
 
 
 # --- the router ------------------------------------------------------------------------------------------------
@@ -346,12 +436,13 @@ class Router:
             return _error(400, f"'to' must be a replica index in 0 .. {len(self.replicas) - 1} other than {src}")
         keyed = None if not self.keys.enabled else owner
         try:
-            archive = await self.replicas[src].export_session.remote(sid, keyed)
+            stats = await move_session(_remote(self.replicas[src]), _remote(self.replicas[to]), sid, keyed,
+                                       src, to)
         except KeyError:
             return _error(404, f"no session {sid!r}", "not_found_error")
-        stats = await self.replicas[to].import_session.remote(sid, archive)
+        except MoveError as exc:
+            return _error(exc.status, str(exc), "move_error")
         self.where[sid] = to
-        await self.replicas[src].drop.remote(sid)
         return {"id": sid, "from": src, "to": to, "frames": stats["frames"], "status": stats["status"]}
 
     @router_api.websocket("/v1/sessions/{sid}/push")
