@@ -6,9 +6,13 @@ from __future__ import annotations
 import base64
 import fractions
 import json
+import os
 import shutil
+import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -456,6 +460,41 @@ def test_delete_of_a_session_closed_after_its_lookup_is_404(model):
         manager.close = close_twice
         r = c.delete(f"/v1/sessions/{sid}")
         assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+
+def test_uploads_wait_in_a_server_owned_folder_cleared_at_start(model, clip, tmp_path):
+    snaps = tmp_path / "snaps"
+    (snaps / ".uploads").mkdir(parents=True)
+    (snaps / ".uploads" / "avmem-upload-stale.media").write_bytes(b"left by kill -9")
+    app = create_app(config(snapshot_dir=str(snaps), snapshot_every=0), model)
+    with TestClient(app) as c:
+        assert list((snaps / ".uploads").iterdir()) == []
+        r = c.post("/v1/sessions?live=true", files={"file": ("clip.mp4", clip.read_bytes(), "video/mp4")})
+        assert r.status_code == 201, r.text
+        held = app.state.manager.get(r.json()["id"], None).temp_file  # replayed in real time: still decoding
+        assert held is not None and Path(held).parent == snaps / ".uploads"
+        c.delete(f"/v1/sessions/{r.json()['id']}")
+        assert list((snaps / ".uploads").iterdir()) == []
+        assert c.get("/v1/sessions").json()["sessions"] == []  # the folder is never read as a session
+
+
+def test_private_upload_folder_is_removed_at_stop_and_stale_ones_at_start(model, clip, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f"avmem-uploads-{gone.pid}-x1"
+    alive = tmp_path / f"avmem-uploads-{os.getppid()}-x2"  # another server still running
+    for folder in (stale, alive):
+        folder.mkdir()
+        (folder / "avmem-upload-a.media").write_bytes(b"x")
+    app = create_app(config(), model)
+    with TestClient(app) as c:
+        own = app.state.manager.upload_folder()
+        assert not stale.exists() and alive.exists()
+        assert own.parent == tmp_path and own.name.startswith(f"avmem-uploads-{os.getpid()}-")
+        upload(c, clip)
+        assert list(own.iterdir()) == []  # decoded: deleted
+    assert not own.exists()
 
 
 def test_periodic_snapshots(model, tmp_path):

@@ -223,12 +223,13 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
                            "invalid_request_error") from None
 
     async def save_upload(stream, ticket: UploadTicket) -> str:
-        """Write an async iterable of byte chunks to a temporary file: at most ``max_upload_bytes`` (413) and
-        within the key's upload limits (``ticket``: 413 / 429), not empty (400), starting like a known media
-        container (415). Returns the path (the caller owns the file and the ticket's bytes); on failure the file
-        is removed and the ticket released."""
+        """Write an async iterable of byte chunks to a file in the server's upload folder
+        (``SessionManager.upload_folder``): at most ``max_upload_bytes`` (413) and within the key's upload limits
+        (``ticket``: 413 / 429), not empty (400), starting like a known media container (415). Returns the path (the
+        caller owns the file and the ticket's bytes); on failure the file is removed and the ticket released."""
         limit, size, head = config.max_upload_bytes, 0, b""
-        fd, path = tempfile.mkstemp(prefix="avmem-upload-", suffix=".media")
+        folder = await asyncio.to_thread(manager.upload_folder)
+        fd, path = tempfile.mkstemp(prefix="avmem-upload-", suffix=".media", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:
                 async for chunk in stream:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..media import AudioChunk, LiveSource, MediaError, PushSource, VideoFrame
 from ..session import AUDIO_RATE, SessionSettings, StreamSession
-from . import snapshots
+from . import snapshots, uploads
 from .batching import absorb_audio_together, absorb_together
 from .config import SESSION_SETTING_KEYS, ServeConfig
 from .egress import EgressProxy, new_tag
@@ -119,6 +119,7 @@ class SessionManager:
         self.asks = 0
         self.ask_errors = 0
         self.restore_errors: list[str] = []
+        self._uploads: tuple[Path, bool] | None = None  # (folder, private) of uploaded files, see upload_folder
         # FFmpeg reaches http(s) / HLS sources only through this proxy (checked and pinned per connection); a
         # recording opens up to two connections at once, probes and HLS segments a few more in turn
         self.egress = EgressProxy(config, max_connections=max(64, 4 * config.max_sessions),
@@ -131,6 +132,7 @@ class SessionManager:
         if self._worker is not None:
             return
         self.egress.start()
+        self.upload_folder()  # made now, stale files of a killed server removed
         if self.config.snapshot_dir:
             self.restore_all()
         self._worker = threading.Thread(target=self._run, name="avmem-worker", daemon=True)
@@ -160,6 +162,18 @@ class SessionManager:
             if e.pump is not None:
                 e.pump.join(timeout=10)
         self.egress.stop()
+        with self._cond:
+            folder, self._uploads = self._uploads, None
+        if folder is not None:
+            uploads.close_folder(*folder)
+
+    def upload_folder(self) -> Path:
+        """The folder uploaded files wait in (made on first use; see :mod:`avmem.serve.uploads`): under
+        ``--snapshot-dir`` when set, else a private folder of this process removed at :meth:`stop`."""
+        with self._cond:
+            if self._uploads is None:
+                self._uploads = uploads.open_folder(self.config.snapshot_dir)
+            return self._uploads[0]
 
     def _tick(self) -> None:
         while not self._stop.wait(self.config.snapshot_every):
