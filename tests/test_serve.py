@@ -340,6 +340,8 @@ def test_binding_without_keys_is_loopback_only(tmp_path):
     keys.write_text("short\n")
     r = CliRunner().invoke(app, ["serve", "--model", "tiny-qwen3-vl", "--api-key-file", str(keys)])
     assert r.exit_code == 2 and "at least 16 characters" in r.output
+    r = CliRunner().invoke(app, ["serve", "--model", "tiny-qwen3-vl", "--replicas", "3"])  # ignored without --ray
+    assert r.exit_code == 2 and "avmem: error: --replicas needs --ray" in r.output
 
 
 @pytest.mark.parametrize("source, words", [

@@ -98,3 +98,20 @@ def test_move_between_replicas(pair):
     with pytest.raises(KeyError):
         asyncio.run(move_session(caller(a), caller(b), "nope", None))
     b.manager.close(e.id, None)
+
+
+def test_replica_takes_the_log_level_and_reports_skipped_snapshots(tmp_path):
+    import logging
+
+    (tmp_path / "replica-0" / "corrupt" / "gen-0000000001").mkdir(parents=True)
+    logger = logging.getLogger("avmem.serve")
+    level = logger.level
+    try:
+        r = Replica(ServeConfig(model="tiny-qwen3-vl", session_defaults=dict(SMALL), snapshot_dir=str(tmp_path)), 0,
+                    "ERROR")
+        assert logger.level == logging.ERROR
+        errors = r.restore_errors()
+        assert len(errors) == 1 and "skipping snapshot" in errors[0]  # what `avmem serve --ray` notes at start
+        r.manager.stop(snapshot=False)
+    finally:
+        logger.setLevel(level)

@@ -48,7 +48,7 @@ def serve_command(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     ray: bool = typer.Option(False, "--ray", help="Scale out on Ray Serve: --replicas replicas (a GPU each when the "
                              "Ray cluster has GPUs) behind a session-affine router (RAY_ADDRESS: join a cluster)."),
-    replicas: int = typer.Option(2, "--replicas", help="Replicas with --ray."),
+    replicas: int = typer.Option(None, "--replicas", help="Replicas with --ray (default 2)."),
 ) -> None:
     """Serve live sessions over HTTP: an API (docs/serving.md), an OpenAI-compatible endpoint and a web page."""
     try:
@@ -80,22 +80,32 @@ def serve_command(
                          session_defaults={"fps": fps, "video_tokens": video_tokens, "audio_tokens": audio_tokens,
                                            "chunk_frames": chunk_frames})
     config.check()
+    if replicas is not None and not ray:
+        raise ValueError("--replicas needs --ray")
     if ray:
+        # every other flag is honoured under --ray: the config goes to each replica's app (keys, limits, policy,
+        # snapshots, session defaults, device, dtype); --host / --port to Ray's HTTP proxy; --log-level to Ray
+        # Serve's and avmem's loggers
+        replicas = 2 if replicas is None else replicas
         if replicas < 1:
             raise ValueError(f"--replicas must be >= 1, got {replicas}")
         try:
-            from .ray_app import run
+            from .ray_app import start, wait_for_interrupt
         except ImportError as exc:
             raise ValueError(f"avmem serve --ray needs Ray Serve: pip install 'avmem[ray]' ({exc.name} is missing)") \
                 from None
-        run(config, replicas)
+        _note_skipped(start(config, replicas, log_level=log_level.lower()))
+        wait_for_interrupt()
         return
     app = create_app(config)
-    if app.state.manager.restore_errors:
-        print(f"avmem: note: {len(app.state.manager.restore_errors)} snapshot(s) skipped (see the log)",
-              file=sys.stderr)
+    _note_skipped(app.state.manager.restore_errors)
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=30,
                 ws_max_size=config.max_push_bytes)
+
+
+def _note_skipped(restore_errors: list[str]) -> None:
+    if restore_errors:
+        print(f"avmem: note: {len(restore_errors)} snapshot(s) skipped (see the log)", file=sys.stderr)
 
 
 class Client:

@@ -132,9 +132,11 @@ class _Socket:
 class Replica:
     """One avmem server (model, sessions, snapshots) inside a Ray actor; the router calls its methods."""
 
-    def __init__(self, config: ServeConfig, index: int) -> None:
+    def __init__(self, config: ServeConfig, index: int, log_level: str | None = None) -> None:
         from .app import create_app
 
+        if log_level is not None:
+            logging.getLogger("avmem.serve").setLevel(log_level)
         root = Path(config.snapshot_dir) if config.snapshot_dir else Path(tempfile.gettempdir()) / "avmem-ray"
         config = ServeConfig(**{**asdict(config), "snapshot_dir": str(root / f"replica-{index}")})
         Path(config.snapshot_dir).mkdir(parents=True, exist_ok=True)
@@ -238,6 +240,10 @@ class Replica:
         e = self.manager.get(sid, None)
         self.manager.resume(e)
         return self.manager.describe(e)
+
+    def restore_errors(self) -> list[str]:
+        """The snapshots this replica skipped at start (one line each)."""
+        return list(self.manager.restore_errors)
 
     def drop(self, sid: str) -> None:
         """Forget a session that moved away (its snapshots here are deleted)."""
@@ -521,7 +527,7 @@ class Router:
 
 
 def build(config: ServeConfig, replicas: int, gpus_per_replica: float | None = None,
-          cpus_per_replica: float = 1.0):
+          cpus_per_replica: float = 1.0, log_level: str | None = None):
     """The Ray Serve application: ``replicas`` avmem replicas behind the router.
 
     Args:
@@ -529,6 +535,7 @@ def build(config: ServeConfig, replicas: int, gpus_per_replica: float | None = N
         replicas: how many replicas (>= 1).
         gpus_per_replica: GPUs each replica reserves (None: 1 when the Ray cluster has GPUs, else 0).
         cpus_per_replica: CPUs each replica reserves (the router reserves none).
+        log_level: the Python logging level of avmem's logger in the replicas (None: unchanged).
     """
     import ray
 
@@ -539,7 +546,7 @@ def build(config: ServeConfig, replicas: int, gpus_per_replica: float | None = N
         gpus_per_replica = 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     handles = [serve.deployment(Replica, name=f"avmem-replica-{i}", num_replicas=1,
                                 ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
-                                max_ongoing_requests=1000).bind(config, i)
+                                max_ongoing_requests=1000).bind(config, i, log_level)
                for i in range(replicas)]
     router = serve.deployment(Router, name="avmem-router", num_replicas=1, ray_actor_options={"num_cpus": 0},
                               max_ongoing_requests=1000)
@@ -562,14 +569,44 @@ def app_builder(args: dict):
     return build(config, int(args.get("replicas", 2)))
 
 
-def run(config: ServeConfig, replicas: int) -> None:
-    """``avmem serve --ray --replicas N``: join the Ray cluster (``RAY_ADDRESS``) or start a local one, serve
-    the app on ``config.host:config.port`` until interrupted."""
+PYTHON_LEVELS = {"critical": "CRITICAL", "error": "ERROR", "warning": "WARNING", "info": "INFO", "debug": "DEBUG",
+                 "trace": "DEBUG"}
+"""``--log-level`` (uvicorn's names) as Python logging levels."""
+
+
+def start(config: ServeConfig, replicas: int, log_level: str = "info") -> list[str]:
+    """Join the Ray cluster (``RAY_ADDRESS``) or start a local one and deploy the app on ``config.host:config.port``
+    with ``log_level`` (uvicorn's names) for Ray Serve's and avmem's loggers (access logs at info and below).
+    Returns the replicas' restore errors (snapshots skipped, one line each)."""
     import os
 
     import ray
 
+    level = PYTHON_LEVELS[log_level]
+    logging.getLogger("avmem.serve").setLevel(level)
+    logging_config = {"log_level": level, "enable_access_log": level in ("INFO", "DEBUG")}
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
-    serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(build(config, replicas), name="avmem", route_prefix="/", blocking=True)
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                 logging_level=getattr(logging, level))
+    serve.start(http_options={"host": config.host, "port": config.port}, logging_config=logging_config)
+    serve.run(build(config, replicas, log_level=level), name="avmem", route_prefix="/",
+              logging_config=logging_config)
+    errors = []
+    for i in range(replicas):
+        handle = serve.get_deployment_handle(f"avmem-replica-{i}", app_name="avmem")
+        errors += handle.restore_errors.remote().result()
+    return errors
+
+
+def wait_for_interrupt() -> None:
+    """Block until Ctrl-C (KeyboardInterrupt is raised: the caller shuts down)."""
+    import time
+
+    while True:
+        time.sleep(10)
+
+
+def run(config: ServeConfig, replicas: int, log_level: str = "info") -> None:
+    """``avmem serve --ray --replicas N``: :func:`start`, then serve until interrupted."""
+    start(config, replicas, log_level)
+    wait_for_interrupt()
