@@ -544,3 +544,39 @@ def test_manager_stops_generation_when_the_client_goes(model, clip):
         result = manager.call(manager.ask_job(entry, "Tell me everything.", 6, lambda p: got.append(p) and False))
         out = result.result(timeout=30)
         assert out["finish_reason"] == "cancelled" and len(got) == 1 and out["tokens"] < 6
+
+
+def test_plain_answer_stops_when_its_client_disconnects(model, clip):
+    import asyncio
+
+    app = create_app(config(), model)
+    manager = app.state.manager
+    with TestClient(app) as c:
+        sid = upload(c, clip)
+        gate = threading.Event()
+        blocked = manager.call(gate.wait)  # the question waits behind this job
+        body = json.dumps({"question": "Tell me everything.", "max_new_tokens": 6}).encode()
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": f"/v1/sessions/{sid}/ask", "raw_path": f"/v1/sessions/{sid}/ask".encode(),
+                 "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        sent: list[dict] = []
+        calls = 0
+
+        async def receive():
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return {"type": "http.request", "body": body, "more_body": False}
+            # the server sees the disconnect in this step of its task; the worker runs the question after it
+            asyncio.get_running_loop().call_soon(gate.set)
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(asyncio.wait_for(app(scope, receive, send), 60))
+        blocked.result(timeout=10)
+        assert gate.is_set()
+        result = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+        assert result["finish_reason"] == "cancelled" and result["tokens"] < 6

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +35,7 @@ log = logging.getLogger("avmem.serve")
 STATIC = Path(__file__).parent / "static"
 MULTIPART_SLACK = 64 * 1024  # form fields and boundaries around an uploaded file
 MAX_JSON_BYTES = 1 << 20
+DISCONNECT_POLL = 0.25  # seconds between checks that the client of a plain (not streamed) answer is still there
 CHAT_DATA_BYTES = 64 << 20  # the largest video a /v1/chat/completions request may carry inline (data: URL)
 
 
@@ -125,6 +127,15 @@ def _since(body: dict) -> float | None:
     if since is not None and not (math.isfinite(since) and since >= 0):
         raise ApiError(400, "'since' must be a number of seconds >= 0")
     return since
+
+
+async def _watch_disconnect(request: Request, future: asyncio.Future, gone: threading.Event) -> None:
+    """Set ``gone`` when the client of ``request`` disconnects before ``future`` is done."""
+    while not future.done():
+        if await request.is_disconnected():
+            gone.set()
+            return
+        await asyncio.sleep(DISCONNECT_POLL)
 
 
 def create_app(config: ServeConfig, model=None) -> FastAPI:
@@ -371,15 +382,25 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
             raise ApiError(404, f"no session {sid!r}", "not_found_error") from None
         return {"id": sid, "snapshot": Path(path).name}
 
-    async def answer(e, question: str, max_new_tokens: int | None, since: float | None, stream: bool, sse_format,
-                     sampling: Sampling | None = None):
+    async def answer(request: Request, e, question: str, max_new_tokens: int | None, since: float | None,
+                     stream: bool, sse_format, sampling: Sampling | None = None):
         """The answer as JSON ``{"answer", "tokens", "finish_reason"}``, or (``stream``) a response of server-sent
         events built by ``sse_format(piece, None)`` per text piece and ``sse_format(None, result)`` at the end. A
         question that cannot be answered fails before the stream starts (400 / 404); a client that disconnects
-        stops generation at the next token."""
+        stops generation at the next token (a plain JSON request's connection is checked every
+        ``DISCONNECT_POLL`` seconds)."""
         if not stream:
-            job = manager.ask_job(e, question, max_new_tokens, lambda _piece: True, since, sampling)
-            return await asyncio.wrap_future(manager.call(job))
+            gone = threading.Event()
+            job = manager.ask_job(e, question, max_new_tokens, lambda _piece: not gone.is_set(), since, sampling)
+            future = asyncio.wrap_future(manager.call(job))
+            watcher = asyncio.create_task(_watch_disconnect(request, future, gone))
+            try:
+                return await future
+            except BaseException:  # the handler was cancelled: the client is gone
+                gone.set()
+                raise
+            finally:
+                watcher.cancel()
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
         cancelled: list[bool] = []
@@ -433,7 +454,7 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
             return f"event: done\ndata: {json.dumps(result)}\n\n"
 
         try:
-            out = await answer(e, question, max_new, since, stream, sse, sampling)
+            out = await answer(request, e, question, max_new, since, stream, sse, sampling)
         except ValueError as exc:
             raise ApiError(400, str(exc).splitlines()[0]) from None
         except NotFound:
@@ -562,7 +583,7 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
 
         close_now = ephemeral is not None  # a streamed answer closes its ephemeral session when the stream ends
         try:
-            out = await answer(e, question, max_new, since, stream, sse, sampling)
+            out = await answer(request, e, question, max_new, since, stream, sse, sampling)
             close_now = close_now and not stream
         except ValueError as exc:
             raise ApiError(400, str(exc).splitlines()[0]) from None
