@@ -262,6 +262,7 @@ def test_metrics_in_prometheus_format(client, clip):
     assert f'avmem_session_frames_per_second{{session="{sid}"}}' in values
     assert values['avmem_ask_latency_seconds_bucket{le="+Inf"}'] == values["avmem_ask_latency_seconds_count"] >= 1
     assert "# TYPE avmem_ask_latency_seconds histogram" in text and "avmem_queue_depth" in values
+    assert values["avmem_egress_refused_total"] == 0 and "# TYPE avmem_egress_allowed_total counter" in text
     client.delete(f"/v1/sessions/{sid}")
 
 

@@ -136,6 +136,11 @@ def test_recording_redirect_to_a_refused_address_is_never_followed(model, www, s
             assert c.post(f"/v1/sessions/{sid}/ask", json={"question": "What?"}).status_code == 200
             assert "/clip.mp4" in allowed.seen
             assert c.app.state.manager.egress.refused >= 1
+            metrics = {line.split(" ")[0]: float(line.split(" ")[1]) for line in c.get("/metrics").text.splitlines()
+                       if line.startswith("avmem_egress_")}
+            counters = c.app.state.manager.egress.counters()
+            assert metrics == {f"avmem_egress_{k}_total": float(v) for k, v in counters.items()}
+            assert metrics["avmem_egress_refused_total"] >= 1 and metrics["avmem_egress_allowed_total"] >= 1
     finally:
         allowed_redirects.close()
 

@@ -134,6 +134,12 @@ class EgressProxy:
                 self._tags.popitem(last=False)
         return {"http_proxy": f"http://{tag}:x@127.0.0.1:{self.port}"}  # Basic needs user:password
 
+    def counters(self) -> dict[str, int]:
+        """Requests let through (``allowed``), refused by the policy (``refused``), turned away at the connection
+        limit (``busy``), since the proxy was made (read together under the lock)."""
+        with self._lock:
+            return {"allowed": self.allowed, "refused": self.refused, "busy": self.busy}
+
     def refusal(self, tag: str) -> str | None:
         """The last request of ``tag`` the proxy refused, in one line (None: none)."""
         with self._lock:

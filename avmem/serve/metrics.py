@@ -12,7 +12,8 @@ def _label(value: str) -> str:
 
 
 def render_metrics(manager: SessionManager) -> str:
-    """Sessions, per-session frames/s, frames, drops, queue depth and memory bytes, the ask latency histogram."""
+    """Sessions, per-session frames/s, frames, drops, queue depth and memory bytes, the ask latency histogram, the
+    egress proxy's allowed / refused / busy counters."""
     entries = manager.list(None)
     lines = [
         "# HELP avmem_sessions Sessions held.", "# TYPE avmem_sessions gauge", f"avmem_sessions {len(entries)}",
@@ -47,4 +48,10 @@ def render_metrics(manager: SessionManager) -> str:
     lines += [f'{name}_bucket{{le="+Inf"}} {total}', f"{name}_sum {manager.latency_sum:.6f}", f"{name}_count {total}",
               "# HELP avmem_ask_errors_total Questions that failed.", "# TYPE avmem_ask_errors_total counter",
               f"avmem_ask_errors_total {manager.ask_errors}"]
+    egress = manager.egress.counters()
+    for key, help_text in (("allowed", "Connections the egress proxy let through to a source (checked, pinned)."),
+                           ("refused", "Connections the egress proxy refused by the URL / address policy."),
+                           ("busy", "Connections the egress proxy turned away at its connection limit.")):
+        name = f"avmem_egress_{key}_total"
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {egress[key]}"]
     return "\n".join(lines) + "\n"
