@@ -555,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="Only the table and plot from OUT/results.jsonl.")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    if args.threads < 1:
+        print(f"memory_recall: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     bench = Bench.quick() if args.quick else Bench()
     try:
