@@ -1180,7 +1180,7 @@ class StreamSession:
     @classmethod
     def load(cls, path: str | Path, model: AVMemModel, settings: SessionSettings | None = None) -> StreamSession:
         """Restore a session saved by :meth:`save` onto the same ``model``. The memory state and the settings that
-        decide what the memory holds (:data:`avmem.snapshot.RESTORED_SETTINGS`: fps, pixel budget, capacities,
+        decide what the memory holds (:data:`avmem.snapshot.WRITE_SETTINGS`: fps, pixel budget, capacities,
         policies, chunk sizes) come from the file; how questions read it (:data:`avmem.snapshot.READ_SETTINGS`:
         max_new_tokens, reader, read budgets, budget_file, ...) comes from ``settings`` (default: the defaults),
         never from the file.

@@ -14,7 +14,7 @@ Layout: the safetensors ``__metadata__`` holds one entry ``"avmem"``, a JSON obj
     audio_log.*           where each encoded audio piece starts (first_id [a], start [a])
 
 Restored from a snapshot: the state above and the settings that decide what the memory holds
-(:data:`RESTORED_SETTINGS`). Never restored: the settings that only decide how questions read the memory
+(:data:`WRITE_SETTINGS`). Never restored: the settings that only decide how questions read the memory
 (:data:`READ_SETTINGS`: answer length, reader, its budgets, ``budget_file`` ...): those are the caller's.
 
 Loading reads the header first (bounded: :data:`MAX_HEADER_BYTES`) and checks the format, every tensor's name,
@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from .model import AVMemModel
     from .session import SessionSettings, StreamSession
 
-WRITE_SETTINGS = RESTORED_SETTINGS = ("fps", "max_pixels", "min_pixels", "video_tokens", "audio_tokens", "use_audio", "use_ttt",
-                     "video_policy", "audio_policy", "bank_step", "chunk_frames", "vision_patches", "audio_pieces")
+WRITE_SETTINGS = ("fps", "max_pixels", "min_pixels", "video_tokens", "audio_tokens", "use_audio", "use_ttt",
+                  "video_policy", "audio_policy", "bank_step", "chunk_frames", "vision_patches", "audio_pieces")
 """Settings that change what the memory holds (sampling, capacities, policies, compression and call sizes): saved
 with a snapshot and restored from it."""
 READ_SETTINGS = ("max_new_tokens", "reader", "read_tokens", "read_chunk", "read_joint", "budget_file",
@@ -185,7 +185,7 @@ def _is_int(x: Any) -> bool:
 # sessions ------------------------------------------------------------------------------------------------------
 
 def save_session(session: StreamSession, path: str | Path) -> Path:
-    """Write ``session``'s memory state and its :data:`RESTORED_SETTINGS` to ``path`` (crash-safe)."""
+    """Write ``session``'s memory state and its :data:`WRITE_SETTINGS` to ``path`` (crash-safe)."""
     from .session import SESSION_FORMAT
 
     st = session.state
@@ -206,7 +206,7 @@ def save_session(session: StreamSession, path: str | Path) -> Path:
     tensors["audio_log.start"] = torch.from_numpy(np.ascontiguousarray(st.audio_log.start)).to("cpu")
     meta = {
         "format": SESSION_FORMAT,
-        "settings": {k: getattr(session.settings, k) for k in RESTORED_SETTINGS},
+        "settings": {k: getattr(session.settings, k) for k in WRITE_SETTINGS},
         "model": session._model_fingerprint(),
         "counters": {"pending_audio_start": st.pending_audio_start, "video_ids": st.video_ids,
                      "audio_ids": st.audio_ids, "audio_samples": st.audio_samples, "frames": st.frames,
@@ -216,12 +216,12 @@ def save_session(session: StreamSession, path: str | Path) -> Path:
 
 
 def _restored_settings(path: Path, saved: Any, base: SessionSettings) -> SessionSettings:
-    """``base`` with the snapshot's :data:`RESTORED_SETTINGS` (each type-checked; ranges by ``check`` later)."""
+    """``base`` with the snapshot's :data:`WRITE_SETTINGS` (each type-checked; ranges by ``check`` later)."""
     from .session import SessionSettings
 
-    if not isinstance(saved, dict) or set(saved) != set(RESTORED_SETTINGS):
+    if not isinstance(saved, dict) or set(saved) != set(WRITE_SETTINGS):
         got = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
-        raise _fail(path, f"settings must hold exactly {list(RESTORED_SETTINGS)}, got {got}")
+        raise _fail(path, f"settings must hold exactly {list(WRITE_SETTINGS)}, got {got}")
     kinds = {f.name: f.type for f in fields(SessionSettings)}
     for name, value in saved.items():
         kind = kinds[name]
@@ -403,7 +403,7 @@ def _check_values(path: Path, t: dict[str, torch.Tensor], c: dict, model: AVMemM
 
 
 def load_session(path: str | Path, model: AVMemModel, settings: SessionSettings | None = None) -> StreamSession:
-    """A session restored from ``path`` onto ``model``: the snapshot's memory state and :data:`RESTORED_SETTINGS`,
+    """A session restored from ``path`` onto ``model``: the snapshot's memory state and :data:`WRITE_SETTINGS`,
     ``settings``' (default: :class:`SessionSettings`'s) :data:`READ_SETTINGS`.
 
     Raises:
