@@ -72,7 +72,7 @@ def test_move_to_a_replica_holding_the_id_is_refused_before_anything_stops(pair)
 
 
 def test_failed_import_removes_its_files_and_resumes_the_session(pair, tmp_path):
-    a, _, root = pair
+    a, _, _ = pair
     foreign = replica(tmp_path, 1, model="tiny-qwen2.5-vl")  # cannot load a tiny-qwen3-vl snapshot
     try:
         e, source = pushing_session(a)

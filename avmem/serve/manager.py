@@ -525,7 +525,10 @@ class SessionManager:
         self._forget(e)
         if not self.config.snapshot_dir:
             return
-        remove = lambda: snapshots.remove(self.config.snapshot_dir, sid)  # noqa: E731
+
+        def remove() -> None:
+            snapshots.remove(self.config.snapshot_dir, sid)
+
         if e.hidden or self._worker is None or threading.current_thread() is self._worker:
             remove()  # never snapshotted (hidden), or no worker to order against (or this is the worker)
             return
