@@ -527,6 +527,11 @@ class PushSource(MediaSource):
                 self._asm.add_audio(start, block)
             self._release()
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called (nothing more can be pushed)."""
+        return self._closed
+
     def close(self) -> None:
         """End of stream: release what is left (the last frame covers grid points up to its own time)."""
         with self._lock:

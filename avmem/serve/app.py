@@ -469,7 +469,7 @@ def create_app(config: ServeConfig, model=None) -> FastAPI:
             return
         try:
             e = manager.get(sid, owner)
-            source = manager.push_source(e)
+            source = await asyncio.to_thread(manager.push_source, e)
         except NotFound:
             await ws.close(code=1008, reason=f"no session {sid!r}")
             return

@@ -33,6 +33,7 @@ from .sampling import Sampling, StopFilter
 
 log = logging.getLogger("avmem.serve")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+RECONNECT_WAIT_S = 10.0  # a push client reconnecting waits this long for the previous client's pump to end
 
 
 class NotFound(KeyError):
@@ -457,9 +458,13 @@ class SessionManager:
 
     def push_source(self, e: ServedSession) -> PushSource:
         """Attach a new PushSource to a push session (a WebSocket client); times continue after the stream so
-        far. Raises ValueError when another client is pushing."""
+        far. A client reconnecting right after the last one left waits up to ``RECONNECT_WAIT_S`` for that client's
+        pump to finish. Raises ValueError when another client is pushing. Blocking: call it off the event loop."""
         if e.spec.kind != "push":
             raise ValueError("this session reads its own source; push to a session created with {\"push\": true}")
+        previous = e.source
+        if isinstance(previous, PushSource) and previous.closed:
+            self.wait_pumped(e, previous, RECONNECT_WAIT_S)  # the last client left: its pump is finishing
         if e.source is not None:
             raise ValueError("another client is pushing to this session")
         s = e.session.settings
