@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,8 @@ from avmem.serve.manager import NotFound
 from avmem.serve.policy import PolicyError, check_container, check_source
 from avmem.serve.push import encode_message, image_size, parse_message
 from avmem.synth import write_test_pattern_clip
+
+from .serve_common import wait_for
 
 SMALL = dict(video_tokens=48, audio_tokens=32, chunk_frames=4, max_new_tokens=6)
 KEY_A, KEY_B = "a" * 16 + "-key-one", "b" * 16 + "-key-two"
@@ -44,16 +45,6 @@ def clip(tmp_path_factory):
 
 def config(**kw) -> ServeConfig:
     return ServeConfig(model="tiny-qwen3-vl", session_defaults=dict(SMALL), **kw)
-
-
-def wait_for(predicate, timeout: float = 60.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def upload(c: TestClient, clip, headers=None) -> str:

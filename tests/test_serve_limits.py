@@ -11,7 +11,6 @@ import io
 import json
 import tarfile
 import threading
-import time
 
 import pytest
 
@@ -27,6 +26,8 @@ from avmem.serve.push import encode_message
 from avmem.serve.quota import QuotaError, UploadQuota
 from avmem.session import StreamSession
 from avmem.synth import write_test_pattern_clip
+
+from .serve_common import wait_for
 
 SMALL = {"video_tokens": 48, "audio_tokens": 32, "chunk_frames": 4, "max_new_tokens": 4}
 KEY_A, KEY_B = "a" * 16 + "-key-one", "b" * 16 + "-key-two"
@@ -44,15 +45,6 @@ def clip(tmp_path_factory):
 
 def config(**kw) -> ServeConfig:
     return ServeConfig(model="tiny-qwen3-vl", session_defaults=dict(SMALL), **kw)
-
-
-def wait_for(predicate, timeout: float = 60.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def frame(t: float, size=(32, 32)) -> bytes:
@@ -224,7 +216,6 @@ def test_snapshot_export_import_is_the_public_move_api(model, clip, tmp_path):
         assert not snapshots.valid_id(bad)
         with pytest.raises(ValueError, match="bad session id"):
             snapshots.import_generation(tmp_path / "b", bad, archive)
-
 
 
 def _crafted(*members: tuple[str, bytes, str]) -> bytes:

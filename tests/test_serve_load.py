@@ -34,6 +34,8 @@ from avmem.serve.background import BackgroundServer, free_port
 from avmem.serve.push import encode_message
 from avmem.synth import write_test_pattern_clip
 
+from .serve_common import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"video_tokens": 48, "audio_tokens": 32, "chunk_frames": 4, "max_new_tokens": 6}
 
@@ -87,16 +89,6 @@ def frame(t: float, value: int, size=(64, 96)) -> bytes:
     h, w = size
     img = np.full((h, w, 3), value % 256, np.uint8)
     return encode_message({"type": "frame", "t": t, "format": "rgb24", "width": w, "height": h}, img.tobytes())
-
-
-def wait_for(predicate, timeout: float = 60.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def ask(c: httpx.Client, sid: str, tokens: int = 6) -> dict:

@@ -5,7 +5,6 @@ tiny model behind the router; sessions stick to their replica, answer the same a
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import numpy as np
@@ -20,6 +19,8 @@ from avmem.serve import ServeConfig
 from avmem.serve.background import free_port
 from avmem.serve.push import encode_message
 from avmem.synth import write_test_pattern_clip
+
+from .serve_common import wait_for
 
 SMALL = {"video_tokens": 48, "audio_tokens": 32, "chunk_frames": 4, "max_new_tokens": 6}
 
@@ -43,16 +44,6 @@ def cluster(tmp_path_factory):
     finally:
         serve.shutdown()
         ray.shutdown()
-
-
-def wait_for(predicate, timeout: float = 60.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting")
 
 
 def frame(t: float, value: int) -> bytes:

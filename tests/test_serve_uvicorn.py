@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
-import time
 
 import pytest
 
@@ -17,20 +16,12 @@ from avmem.serve import ServeConfig, create_app
 from avmem.serve.cli import Client
 from avmem.synth import write_test_pattern_clip
 
+from .serve_common import wait_for
+
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:
         pass
-
-
-def wait_for(predicate, timeout: float = 60.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 @pytest.fixture(scope="module")
