@@ -88,7 +88,9 @@ def open_input(name: str, *, format: str | None = None, options: dict[str, str] 
     ``name`` is opened as :func:`ffmpeg_input` says (local files as files, URLs within the allowed protocols)."""
     target, opts = ffmpeg_input(name, format, options)
     try:
-        return av.open(target, mode="r", format=format, options=opts, timeout=timeout)
+        # container_options, not options: the latter are also applied to every stream's codec context, which
+        # crashes FFmpeg inside PyAV 15 on some damaged MPEG-TS files (found by tests/test_media_fuzz.py).
+        return av.open(target, mode="r", format=format, container_options=opts, timeout=timeout)
     except av.error.ExitError as exc:
         raise MediaError(f"{name}: no data for {timeout:g} s (timed out)") from exc
     except av.error.ConnectionRefusedError as exc:
