@@ -77,6 +77,8 @@ DEVICE_OPT = typer.Option("auto", help="torch device: auto ($AVMEM_DEVICE, else 
 DTYPE_OPT = typer.Option("auto", help="Weights dtype: auto (the model's own: a checkpoint's stored dtype, bfloat16 "
                          "for random-* presets, float32 for tiny-*), float32, bfloat16, float16.")
 INCREMENTAL_OPT = typer.Option(False, "--incremental", help="full reader: keep the memory's KV between questions.")
+MAX_WRAPPERS_OPT = typer.Option(6000, "--max-wrappers", help="Most timestamp wrappers in a question's input (past "
+                                "that, consecutive temporal patches share one): bounds the input's length.")
 
 
 def user_errors(fn):
@@ -187,14 +189,15 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
                  video_policy: str = "discard", audio_policy: str = "merge", reader: str = "full",
                  read_tokens: int = 16384, read_chunk: int = 16384, read_per_layer: bool = False,
                  budget_file: str | None = None, omni_lambda: float = 0.02, incremental: bool = False,
-                 bank_step: int | None = 4096):
+                 bank_step: int | None = 4096, max_wrappers: int = 6000):
     """Load the model and open a session (every option is checked first: :func:`_check_options`); notes go to
     stderr."""
     dev = _check_options(model_name, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,
                          audio_tokens=audio_tokens, cg_iters=cg_iters, device=device, dtype=dtype,
                          max_new_tokens=max_new_tokens, video_policy=video_policy, audio_policy=audio_policy,
                          reader=reader, read_tokens=read_tokens, read_chunk=read_chunk, budget_file=budget_file,
-                         omni_lambda=omni_lambda, incremental=incremental, bank_step=bank_step)
+                         omni_lambda=omni_lambda, incremental=incremental, bank_step=bank_step,
+                         max_wrappers=max_wrappers)
     from .model import load_model
     from .session import StreamSession
 
@@ -216,7 +219,7 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
                             max_new_tokens=max_new_tokens, video_policy=video_policy, audio_policy=audio_policy,
                             reader=reader, read_tokens=read_tokens, read_chunk=read_chunk,
                             read_joint=not read_per_layer, budget_file=budget_file, omni_lambda=omni_lambda,
-                            incremental=incremental, bank_step=bank_step)
+                            incremental=incremental, bank_step=bank_step, max_wrappers=max_wrappers)
     return model, session
 
 
@@ -232,7 +235,8 @@ def _check_options(model_name: str | None, *, fps: float | None = None, max_pixe
                    device: str = "auto", dtype: str = "auto", max_new_tokens: int | None = None,
                    video_policy: str = "discard", audio_policy: str = "merge", reader: str = "full",
                    read_tokens: int | None = None, read_chunk: int | None = None, budget_file: str | None = None,
-                   omni_lambda: float = 0.02, incremental: bool = False, bank_step: int | None = None, **_):
+                   omni_lambda: float = 0.02, incremental: bool = False, bank_step: int | None = None,
+                   max_wrappers: int | None = None, **_):
     """Check the model name and every session option before anything heavy is imported or loaded: the cheap
     checks first (ranges, names, files, the reader's name and traits from :mod:`avmem.reader_catalog`), then the
     model name (preset, folder, or hub id in the local cache or one bounded request), then the device (imports
@@ -253,7 +257,8 @@ def _check_options(model_name: str | None, *, fps: float | None = None, max_pixe
         raise ValueError(f"--max-pixels must be in {MIN_PIXELS}..{MAX_PIXELS_LIMIT} (4096^2), got {max_pixels}")
     for name, value in (("--video-tokens", video_tokens), ("--audio-tokens", audio_tokens),
                         ("--read-tokens", read_tokens), ("--read-chunk", read_chunk),
-                        ("--max-new-tokens", max_new_tokens), ("--bank-step", bank_step)):
+                        ("--max-new-tokens", max_new_tokens), ("--bank-step", bank_step),
+                        ("--max-wrappers", max_wrappers)):
         if value is not None and value <= 0:
             raise ValueError(f"{name} must be > 0, got {value}")
     if cg_iters is not None and cg_iters < 0:
@@ -376,6 +381,7 @@ def ask(
     budget_file: str = BUDGET_FILE_OPT,
     omni_lambda: float = OMNI_LAMBDA_OPT,
     incremental: bool = INCREMENTAL_OPT,
+    max_wrappers: int = MAX_WRAPPERS_OPT,
     max_new_tokens: int = typer.Option(64, help="Answer length limit."),
     device: str = DEVICE_OPT,
     dtype: str = DTYPE_OPT,
@@ -400,7 +406,7 @@ def ask(
                               device=device, dtype=dtype, max_new_tokens=max_new_tokens, video_policy=video_policy,
                               audio_policy=audio_policy, reader=reader, read_tokens=read_tokens,
                               read_chunk=read_chunk, read_per_layer=read_per_layer, budget_file=budget_file,
-                              omni_lambda=omni_lambda, incremental=incremental)
+                              omni_lambda=omni_lambda, incremental=incremental, max_wrappers=max_wrappers)
     columns = [TextColumn("watching"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with _MediaWarningLines(), Progress(*columns, console=console, disable=json_out, transient=True) as bar:
@@ -480,6 +486,7 @@ def stream(
     budget_file: str = BUDGET_FILE_OPT,
     omni_lambda: float = OMNI_LAMBDA_OPT,
     incremental: bool = INCREMENTAL_OPT,
+    max_wrappers: int = MAX_WRAPPERS_OPT,
     timeout: float = typer.Option(10.0, help="Seconds without data after which the source counts as stalled: the "
                                   "command then ends with an error (exit 2)."),
     device: str = DEVICE_OPT,
@@ -501,7 +508,7 @@ def stream(
                               device=device, dtype=dtype, max_new_tokens=64, video_policy=video_policy,
                               audio_policy=audio_policy, reader=reader, read_tokens=read_tokens,
                               read_chunk=read_chunk, read_per_layer=read_per_layer, budget_file=budget_file,
-                              omni_lambda=omni_lambda, incremental=incremental)
+                              omni_lambda=omni_lambda, incremental=incremental, max_wrappers=max_wrappers)
     source = LiveSource(url, fps=fps, audio=session.settings.use_audio, max_pixels=max_pixels,
                         factor=session.model.backbone.vision.factor, timeout=timeout)
     lock = threading.Lock()
@@ -707,6 +714,7 @@ def eval_mcq(
     budget_file: str = BUDGET_FILE_OPT,
     omni_lambda: float = OMNI_LAMBDA_OPT,
     incremental: bool = INCREMENTAL_OPT,
+    max_wrappers: int = MAX_WRAPPERS_OPT,
     bank_step: int = typer.Option(4096, help="Tokens absorbed per memory compression (the demo model's: 32)."),
     max_new_tokens: int = typer.Option(None, help="Answer length limit (default: 8 without --benchmark, else 64)."),
     max_videos: int = typer.Option(None, help="Only the first N videos (of this shard)."),
@@ -722,7 +730,7 @@ def eval_mcq(
                            video_policy=video_policy, audio_policy=audio_policy, reader=reader,
                            read_tokens=read_tokens, read_chunk=read_chunk, read_per_layer=read_per_layer,
                            budget_file=budget_file, omni_lambda=omni_lambda, incremental=incremental,
-                           bank_step=bank_step)
+                           bank_step=bank_step, max_wrappers=max_wrappers)
     _check_options(model, max_new_tokens=max_new_tokens, **session_options)
     if json_out and not Path(json_out).resolve().parent.is_dir():
         raise ValueError(f"--json {json_out}: folder {Path(json_out).resolve().parent} does not exist")

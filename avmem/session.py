@@ -7,8 +7,9 @@ audio tokens of its time span (2 per second). At question time the prompt is
     <|im_start|>user\\n  { <ts seconds><|vision_start|> kept video tokens  kept audio tokens <|vision_end|> }*
     \\n question <|im_end|>\\n<|im_start|>assistant\\n
 
-with one wrapper per temporal patch that still holds tokens (the released code keeps every wrapper,
-so its context grows with the video; we keep the context bounded). Every kept token keeps the
+with one wrapper per temporal patch that still holds tokens, at most ``max_wrappers`` (past that, consecutive
+patches share one; the released code keeps every wrapper up to 6000 patches, so its context grows with the video;
+we keep the context bounded by the settings). Every kept token keeps the
 multimodal RoPE position it has in the full, uncompressed layout (text tokens advance t=h=w by one;
 a patch's video block sits at (p, p + row, p + col) and advances p by max(Hm, Wm)).
 
@@ -82,6 +83,11 @@ class SessionSettings:
             activations. Audio is encoded once this many pieces are pending (1: each piece as it completes;
             more: fewer, larger calls, while questions re-encode up to that much pending audio each time).
         max_new_tokens: answer length limit.
+        max_wrappers: most timestamp + vision_start/end wrappers in a question's input. Each temporal patch that
+            still holds tokens gets its own; past this many (long streams whose kept tokens are spread thin, e.g.
+            hours of a still scene), consecutive kept patches share one, headed by the first one's timestamp, and
+            every token keeps its full-layout position. Bounds the input at about video_tokens + audio_tokens +
+            12 * max_wrappers rows whatever the stream holds (the released code wraps 6000 patches at most).
         reader: a registered reader (:mod:`avmem.memory.kv.readers`; ``reader_names()`` lists them): "full" (the whole memory goes to the LLM) or "pd" (prompt-dependent reading, seed 001 §3.3:
             the memory is prefilled in chunks of ``read_chunk`` tokens with the question and only
             ``read_tokens`` audio/visual KV entries per layer on average are kept, ranked jointly across
@@ -115,6 +121,7 @@ class SessionSettings:
     vision_patches: int = 16
     audio_pieces: int = 1
     max_new_tokens: int = 64
+    max_wrappers: int = 6000
     reader: str = "full"
     read_tokens: int = 16384
     read_chunk: int = 16384
@@ -136,7 +143,7 @@ class SessionSettings:
             raise ValueError(f"pixel budget must satisfy 1 <= min_pixels <= max_pixels <= 4096^2, "
                              f"got {self.min_pixels}, {self.max_pixels}")
         for name in ("video_tokens", "audio_tokens", "chunk_frames", "vision_patches", "audio_pieces", "max_new_tokens",
-                     "read_tokens", "read_chunk", "block_tokens"):
+                     "max_wrappers", "read_tokens", "read_chunk", "block_tokens"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.bank_step is not None and int(self.bank_step) <= 0:
@@ -965,33 +972,42 @@ class StreamSession:
             a_patch = self._audio_patch(st, a_ids)
             a_first = np.concatenate([[0], np.cumsum(a_counts)[:-1]])
             kept = np.union1d(v_patch, a_patch)  # patches still holding tokens, in order
-            heads = [self._cached_ids(f"<{log.times[k]:.1f} seconds>") + [tok.vision_start] for k in kept]
-            n_head = np.array([len(h) for h in heads], dtype=np.int64)
+            # wrappers: one per kept patch, or, past max_wrappers, one per group of consecutive kept patches
+            n_groups = min(len(kept), self.settings.max_wrappers)
+            gid = np.arange(len(kept), dtype=np.int64) * n_groups // max(len(kept), 1)  # group of each kept patch
+            g_first = np.searchsorted(gid, np.arange(n_groups))
+            g_last = np.searchsorted(gid, np.arange(n_groups), side="right") - 1
+            heads = [self._cached_ids(f"<{log.times[k]:.1f} seconds>") + [tok.vision_start] for k in kept[g_first]]
+            g_head = np.array([len(h) for h in heads], dtype=np.int64)
             nv = np.bincount(np.searchsorted(kept, v_patch), minlength=len(kept))
             na = np.bincount(np.searchsorted(kept, a_patch), minlength=len(kept))
-            seg_start = len(prefix) + _exclusive_cumsum(n_head + nv + na + 1)  # row of each kept patch's first token
-            p = starts[kept] + n_head  # position of the video block
+            content = nv + na
+            g_content = np.add.reduceat(content, g_first) if n_groups else np.zeros(0, dtype=np.int64)
+            g_start = len(prefix) + _exclusive_cumsum(g_head + g_content + 1)  # row of each group's first token
+            offset = _exclusive_cumsum(content)
+            patch_row = g_start[gid] + g_head[gid] + offset - offset[g_first][gid]  # row of each kept patch's tokens
+            p = starts[kept] + log.n_ts[kept] + 1  # position of the video block (full layout)
             q = p + block[kept]  # position of the audio tokens
-            # text rows: the prefix, each kept patch's timestamp + vision_start and vision_end, the tail
-            per = n_head + 1
+            # text rows: the prefix, each group's timestamp + vision_start and vision_end, the tail
+            per = g_head + 1
             rank = np.arange(per.sum()) - np.repeat(_exclusive_cumsum(per), per)
-            text_rows = np.repeat(seg_start, per) + np.where(rank < np.repeat(n_head, per), rank,
-                                                             np.repeat(n_head + nv + na, per))
-            text_pos = np.where(rank < np.repeat(n_head, per), np.repeat(starts[kept], per) + rank,
-                                np.repeat(q + a_counts[kept], per))
+            is_head = rank < np.repeat(g_head, per)
+            text_rows = np.repeat(g_start, per) + np.where(is_head, rank, np.repeat(g_head + g_content, per))
+            text_pos = np.where(is_head, np.repeat(starts[kept[g_first]], per) + rank,
+                                np.repeat(q[g_last] + a_counts[kept[g_last]], per))
             patch_ids = [i for h in heads for i in (*h, tok.vision_end)]
             pos = int(starts[-1] + sizes[-1])
             # video rows: bank rows grouped by patch (bank order within one), at (p, p + row, p + col)
             v_order = np.argsort(v_patch, kind="stable")
             vi = np.searchsorted(kept, v_patch[v_order])
-            v_rows = seg_start[vi] + n_head[vi] + np.arange(n_v) - _exclusive_cumsum(nv)[vi]
+            v_rows = patch_row[vi] + np.arange(n_v) - _exclusive_cumsum(nv)[vi]
             local = v_ids[v_order] - log.first_id[kept[vi]]
             wm = log.grid[kept[vi], 1]
             v_pos = np.stack([p[vi], p[vi] + local // wm, p[vi] + local % wm])
             # audio rows: after the patch's video rows, at q + the token's index in the patch's time span
             a_order = np.argsort(a_patch, kind="stable")
             ai = np.searchsorted(kept, a_patch[a_order])
-            a_rows = seg_start[ai] + n_head[ai] + nv[ai] + np.arange(n_a) - _exclusive_cumsum(na)[ai]
+            a_rows = patch_row[ai] + nv[ai] + np.arange(n_a) - _exclusive_cumsum(na)[ai]
             a_pos = q[ai] + a_ids[a_order] - a_first[kept[ai]]
         else:  # audio only: the audio tokens at their ids, no wrappers
             patch_ids, text_rows, text_pos = [], np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)

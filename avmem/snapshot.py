@@ -47,7 +47,7 @@ WRITE_SETTINGS = ("fps", "max_pixels", "min_pixels", "video_tokens", "audio_toke
                   "video_policy", "audio_policy", "bank_step", "chunk_frames", "vision_patches", "audio_pieces")
 """Settings that change what the memory holds (sampling, capacities, policies, compression and call sizes): saved
 with a snapshot and restored from it."""
-READ_SETTINGS = ("max_new_tokens", "reader", "read_tokens", "read_chunk", "read_joint", "budget_file",
+READ_SETTINGS = ("max_new_tokens", "max_wrappers", "reader", "read_tokens", "read_chunk", "read_joint", "budget_file",
                  "omni_lambda", "incremental", "block_tokens")
 """Settings that only change how a question reads the memory: never taken from a snapshot (the caller's)."""
 MAX_HEADER_BYTES = 1 << 20

@@ -24,53 +24,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
-
-import av
-import numpy as np
 
 TARGET_RATIO = 1.1
 
 
-def write_gap(path: Path, gap: float, size: int = 640) -> Path:
-    """Two random-noise frames ``gap`` seconds apart (H.264, ms time base)."""
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=25)
-        video.width = video.height = size
-        video.pix_fmt = "yuv420p"
-        video.time_base = video.codec_context.time_base = Fraction(1, 1000)
-        video.options = {"preset": "ultrafast"}
-        for i, t in enumerate((0.0, gap)):
-            image = np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
-            out.mux(video.encode(frame))
-        out.mux(video.encode())
-    return path
-
-
-def write_silence(path: Path, seconds: float, rate: int = 8000) -> Path:
-    """``seconds`` of silent mono AAC at ``rate`` Hz, no video."""
-    with av.open(str(path), "w", format="mp4") as out:
-        audio = out.add_stream("aac", rate=rate)
-        audio.layout = "mono"
-        block = np.zeros((1, 1024), dtype=np.float32)
-        for start in range(0, int(seconds * rate), 1024):
-            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
-            out.mux(audio.encode(frame))
-        out.mux(audio.encode())
-    return path
-
-
 def make_inputs(work: Path, names: list[str]) -> dict[str, Path]:
     from avmem.synth import write_test_pattern_clip
+    from avmem.synth.hostile import write_gap, write_silence
 
     makers = {
         "normal_10min": lambda p: write_test_pattern_clip(p, seconds=600, fps=5, size=(360, 640)),
-        "gap_1h": lambda p: write_gap(p, 3600.0),
-        "gap_10h": lambda p: write_gap(p, 36000.0),
+        "gap_1h": lambda p: write_gap(p, 3600.0, size=640),
+        "gap_10h": lambda p: write_gap(p, 36000.0, size=640),
         "silence_10h": lambda p: write_silence(p, 36000.0),
     }
     files = {}
@@ -133,7 +99,7 @@ def main() -> None:
         print(f"{name}: rc={result['rc']} rss={result['rss_mb']:.0f} MiB wall={result['wall_s']:.0f} s "
               f"{result['stderr']}", file=sys.stderr, flush=True)
     base = dict(rows).get("normal_10min")
-    print(f"\n| input | peak RSS (MiB) | vs 10-min clip | time (s) | seconds watched | frames | exit |")
+    print("\n| input | peak RSS (MiB) | vs 10-min clip | time (s) | seconds watched | frames | exit |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in rows:
         ratio = f"{r['rss_mb'] / base['rss_mb']:.2f}x" if base else "-"

@@ -424,7 +424,7 @@ def run(bench: Bench, tasks: list[str], variants: list[str], out: Path) -> None:
                 ckpt = out / "models" / f"{task}-{variant}-seed{seed}.pt"
                 log(f"== {task} {variant} seed {seed}")
                 if ckpt.is_file():
-                    saved = torch.load(ckpt, weights_only=False)
+                    saved = torch.load(ckpt, weights_only=True)
                     model = Model(variant, saved["classes"], bench)
                     model.load_state_dict(saved["state"])
                     info = saved["info"]

@@ -41,6 +41,7 @@ SESSION_CASES = [
     (["--incremental", "--reader", "pd"], "--incremental applies to readers"),
     (["--dtype", "int8"], "--dtype: unknown dtype"),
     (["--device", "tpu"], "--device: unknown device"),
+    (["--max-wrappers", "0"], "--max-wrappers must be > 0"),
 ]
 
 

@@ -15,33 +15,7 @@ import pytest
 from avmem.media import AudioChunk, FileSource, LiveSource, MediaError, SourceStats, VideoFrame, probe
 from avmem.media._decode import ffmpeg_input
 from avmem.synth import write_test_pattern_clip
-
-
-def write_gap(path: Path, gap: float, size: int = 64, audio_seconds: float = 0.0) -> Path:
-    """Two frames ``gap`` s apart (H.264, ms time base), with optional PCM silence from t = 0."""
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=25)
-        video.width = video.height = size
-        video.pix_fmt = "yuv420p"
-        video.time_base = video.codec_context.time_base = Fraction(1, 1000)
-        video.options = {"preset": "ultrafast"}
-        stream = None
-        if audio_seconds:
-            stream = out.add_stream("pcm_s16le", rate=8000)
-            stream.layout = "mono"
-        for i, t in enumerate((0.0, gap)):
-            image = np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
-            out.mux(video.encode(frame))
-        out.mux(video.encode())
-        if stream is not None:
-            for s in range(0, int(audio_seconds * 8000), 8000):
-                frame = av.AudioFrame.from_ndarray(np.zeros((1, 8000), np.int16), format="s16", layout="mono")
-                frame.sample_rate, frame.pts, frame.time_base = 8000, s, Fraction(1, 8000)
-                out.mux(stream.encode(frame))
-            out.mux(stream.encode())
-    return path
+from avmem.synth.hostile import write_gap
 
 
 def rss_mb() -> float:

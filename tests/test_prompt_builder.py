@@ -24,7 +24,8 @@ def model(request, tmp_path_factory):
 
 
 def naive_prompt(session: StreamSession, st, tail: list[int]):
-    """The reference: one wrapper per temporal patch holding tokens, built patch by patch."""
+    """The reference: one wrapper per temporal patch holding tokens (past ``max_wrappers``, one per group of
+    consecutive ones), built patch by patch."""
     bb = session.model.backbone
     tok = bb.tokens
     pieces: list[Tensor] = []
@@ -59,24 +60,32 @@ def naive_prompt(session: StreamSession, st, tail: list[int]):
         v_patch = np.searchsorted(log.first_id, v_ids, side="right") - 1
         a_patch = session._audio_patch(st, a_ids)
         a_first = np.concatenate([[0], np.cumsum(a_counts)[:-1]])
-        for k in np.union1d(v_patch, a_patch):
-            v_sel = np.nonzero(v_patch == k)[0]
-            a_sel = np.nonzero(a_patch == k)[0]
-            ts = f"<{log.times[k]:.1f} seconds>"
-            p = add_text(session._text_ids(ts) + [tok.vision_start], int(starts[k]))
-            if len(v_sel):
-                local = torch.from_numpy(v_ids[v_sel] - log.first_id[k])
-                wm = int(log.grid[k, 1])
-                rows, cols = local // wm, local % wm
-                sel = torch.from_numpy(v_sel)
-                add_tokens(st.video.tokens[sel, 0], torch.stack([torch.full_like(rows, p), p + rows, p + cols]), True)
-                if st.video.tokens.shape[1] > 1:
-                    deep.append(st.video.tokens[sel, 1:].to(bb.device))
-            p += int(block[k])
-            if len(a_sel):
-                local = torch.from_numpy(a_ids[a_sel] - a_first[k])
-                add_tokens(st.audio.tokens[torch.from_numpy(a_sel)], (p + local).view(1, -1).expand(3, -1), False)
-            add_text([tok.vision_end], p + int(a_counts[k]))
+        kept = np.union1d(v_patch, a_patch)
+        n_groups = min(len(kept), session.settings.max_wrappers)
+        # groups of consecutive kept patches, as even as integer division makes them
+        groups = [[k for i, k in enumerate(kept) if i * n_groups // len(kept) == g] for g in range(n_groups)]
+        for group in groups:
+            first = group[0]
+            ts = f"<{log.times[first]:.1f} seconds>"
+            add_text(session._text_ids(ts) + [tok.vision_start], int(starts[first]))
+            for k in group:
+                p = int(starts[k] + log.n_ts[k] + 1)
+                v_sel = np.nonzero(v_patch == k)[0]
+                a_sel = np.nonzero(a_patch == k)[0]
+                if len(v_sel):
+                    local = torch.from_numpy(v_ids[v_sel] - log.first_id[k])
+                    wm = int(log.grid[k, 1])
+                    rows, cols = local // wm, local % wm
+                    sel = torch.from_numpy(v_sel)
+                    add_tokens(st.video.tokens[sel, 0], torch.stack([torch.full_like(rows, p), p + rows, p + cols]),
+                               True)
+                    if st.video.tokens.shape[1] > 1:
+                        deep.append(st.video.tokens[sel, 1:].to(bb.device))
+                p += int(block[k])
+                if len(a_sel):
+                    local = torch.from_numpy(a_ids[a_sel] - a_first[k])
+                    add_tokens(st.audio.tokens[torch.from_numpy(a_sel)], (p + local).view(1, -1).expand(3, -1), False)
+            add_text([tok.vision_end], p + int(a_counts[group[-1]]))
         pos = int(starts[-1] + sizes[-1])
     elif len(a_ids):
         add_tokens(st.audio.tokens, (pos + torch.from_numpy(a_ids)).view(1, -1).expand(3, -1), False)
@@ -125,3 +134,32 @@ def test_vectorised_prompt_equals_the_reference_audio_only_and_video_only(model)
     for i, f in enumerate(frames(6, seed=5)):
         video_only.feed(frames=f, t=0.5 * i)
     assert_same(video_only)
+
+
+def test_wrappers_are_capped_by_max_wrappers_and_positions_stay(model):
+    """Past ``max_wrappers`` kept patches share wrappers: the input shrinks by the dropped wrappers' rows, equals
+    the grouped reference, and every audio/visual row keeps its content and position."""
+    def session(cap: int) -> StreamSession:
+        s = StreamSession(model, video_tokens=4096, audio_tokens=64, max_wrappers=cap,
+                          use_audio=model.audio is not None)
+        for i, f in enumerate(frames(14, seed=3)):
+            s.feed(frames=f, t=float(i))
+        if model.audio is not None:
+            s.feed(audio=tone(14.0))
+        return s
+
+    full, capped = session(6000), session(3)
+    assert_same(capped)
+    assert_same(session(1))
+    tail = full._question_tail("?")
+    e_full, pos_full, _, _, sel_full, _, next_full = full._build_prompt(full._asking_state(), tail)
+    e_cap, pos_cap, _, _, sel_cap, _, next_cap = capped._build_prompt(capped._asking_state(), tail)
+    n_patches = len(full._asking_state().patches)
+    assert n_patches == 7
+    head = len(full._cached_ids("<0.5 seconds>")) + 2  # timestamp, vision_start, vision_end
+    assert e_full.shape[0] - e_cap.shape[0] >= (n_patches - 3) * head - 4  # 4 wrappers fewer (timestamps vary)
+    assert torch.equal(e_full[sel_full], e_cap[sel_cap])
+    assert torch.equal(pos_full[:, sel_full], pos_cap[:, sel_cap])
+    assert next_full == next_cap
+    with pytest.raises(ValueError, match="max_wrappers"):
+        StreamSession(model, max_wrappers=0)
