@@ -20,31 +20,13 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed: pip ins
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from avmem.model import load_model
 from avmem.serve import ServeConfig, create_app
 from avmem.serve.manager import NotFound
 from avmem.serve.policy import PolicyError, check_container, check_source
 from avmem.serve.push import encode_message, image_size, parse_message
-from avmem.synth import write_test_pattern_clip
 
-from .serve_common import wait_for
+from .serve_common import KEY_A, KEY_B, SMALL, clip, config, model, wait_for  # noqa: F401 (fixtures)
 
-SMALL = dict(video_tokens=48, audio_tokens=32, chunk_frames=4, max_new_tokens=6)
-KEY_A, KEY_B = "a" * 16 + "-key-one", "b" * 16 + "-key-two"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("tiny-qwen3-vl")
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return write_test_pattern_clip(tmp_path_factory.mktemp("media") / "clip.mp4", seconds=4, fps=10, size=(64, 96))
-
-
-def config(**kw) -> ServeConfig:
-    return ServeConfig(model="tiny-qwen3-vl", session_defaults=dict(SMALL), **kw)
 
 
 def upload(c: TestClient, clip, headers=None) -> str:

@@ -7,14 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from avmem.model import load_model
 from avmem.serve.batching import absorb_audio_together, absorb_together
 from avmem.session import StreamSession
 
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("tiny-qwen3-vl")
+from .serve_common import model  # noqa: F401 (fixtures)
 
 
 def _frames(seed: int, n: int, size=(64, 96)) -> list[np.ndarray]:

@@ -20,18 +20,13 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed: pip ins
 import av
 from fastapi.testclient import TestClient
 
-from avmem.model import load_model
 from avmem.serve import ServeConfig, create_app
 from avmem.serve.egress import EgressProxy
 from avmem.synth import write_test_pattern_clip
 
-SMALL = {"video_tokens": 48, "audio_tokens": 32, "chunk_frames": 4, "max_new_tokens": 4}
+from .serve_common import SMALL, model  # noqa: F401 (fixtures)
+
 ALLOWED, REFUSED = "127.0.0.1", "127.0.0.2"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("tiny-qwen3-vl")
 
 
 @pytest.fixture(scope="module")
