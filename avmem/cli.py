@@ -77,7 +77,7 @@ DEVICE_OPT = typer.Option("auto", help="torch device: auto ($AVMEM_DEVICE, else 
 DTYPE_OPT = typer.Option("auto", help="Weights dtype: auto (the model's own: a checkpoint's stored dtype, bfloat16 "
                          "for random-* presets, float32 for tiny-*), float32, bfloat16, float16.")
 INCREMENTAL_OPT = typer.Option(False, "--incremental", help="full reader: keep the memory's KV between questions.")
-MAX_WRAPPERS_OPT = typer.Option(6000, "--max-wrappers", help="Most timestamp wrappers in a question's input (past "
+MAX_WRAPPERS_OPT = typer.Option(1024, "--max-wrappers", help="Most timestamp wrappers in a question's input (past "
                                 "that, consecutive temporal patches share one): bounds the input's length.")
 
 
@@ -189,7 +189,7 @@ def _session_for(model_name: str | None, *, fps: float, max_pixels: int, video_t
                  video_policy: str = "discard", audio_policy: str = "merge", reader: str = "full",
                  read_tokens: int = 16384, read_chunk: int = 16384, read_per_layer: bool = False,
                  budget_file: str | None = None, omni_lambda: float = 0.02, incremental: bool = False,
-                 bank_step: int | None = 4096, max_wrappers: int = 6000):
+                 bank_step: int | None = 4096, max_wrappers: int = 1024):
     """Load the model and open a session (every option is checked first: :func:`_check_options`); notes go to
     stderr."""
     dev = _check_options(model_name, fps=fps, max_pixels=max_pixels, video_tokens=video_tokens,

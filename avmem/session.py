@@ -87,7 +87,9 @@ class SessionSettings:
             still holds tokens gets its own; past this many (long streams whose kept tokens are spread thin, e.g.
             hours of a still scene), consecutive kept patches share one, headed by the first one's timestamp, and
             every token keeps its full-layout position. Bounds the input at about video_tokens + audio_tokens +
-            12 * max_wrappers rows whatever the stream holds (the released code wraps 6000 patches at most).
+            12 * max_wrappers rows whatever the stream holds (default: ~28k rows at the released budgets). The
+            released code wraps every patch up to 6000 (6000 comes closest; coarser timestamps are the price of
+            a lower cap on streams longer than ~34 min at 1 FPS).
         reader: a registered reader (:mod:`avmem.memory.kv.readers`; ``reader_names()`` lists them): "full" (the whole memory goes to the LLM) or "pd" (prompt-dependent reading, seed 001 §3.3:
             the memory is prefilled in chunks of ``read_chunk`` tokens with the question and only
             ``read_tokens`` audio/visual KV entries per layer on average are kept, ranked jointly across
@@ -121,7 +123,7 @@ class SessionSettings:
     vision_patches: int = 16
     audio_pieces: int = 1
     max_new_tokens: int = 64
-    max_wrappers: int = 6000
+    max_wrappers: int = 1024
     reader: str = "full"
     read_tokens: int = 16384
     read_chunk: int = 16384
