@@ -163,3 +163,20 @@ def test_wrappers_are_capped_by_max_wrappers_and_positions_stay(model):
     assert next_full == next_cap
     with pytest.raises(ValueError, match="max_wrappers"):
         StreamSession(model, max_wrappers=0)
+
+
+def test_a_long_still_scene_keeps_the_question_input_bounded_by_the_settings(model):
+    """The issue-15 case in miniature: one picture for 400 s spreads the kept tokens over many temporal patches;
+    the input stays within video_tokens + audio_tokens + 12 * max_wrappers rows (+ the question)."""
+    still = frames(1, seed=7)[0]
+    s = StreamSession(model, video_tokens=64, max_wrappers=8, use_audio=False, chunk_frames=16)
+    for t in range(400):
+        s.feed(frames=still, t=float(t))
+    st = s._asking_state()
+    tail = s._question_tail("What is shown?")
+    embeds = s._build_prompt(st, tail)[0]
+    held_patches = len(np.unique(np.searchsorted(st.patches.first_id, st.video.ids.cpu().numpy(), side="right")))
+    assert held_patches > 8  # the kept tokens are spread: without the cap there would be one wrapper each
+    prefix = 1 + len(s._text_ids("user\n"))
+    assert embeds.shape[0] <= prefix + 64 + 12 * 8 + len(tail)
+    assert_same(s)
