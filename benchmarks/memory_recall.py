@@ -390,6 +390,36 @@ def test_cell(model: Model, task: str, seed: int, length: int, bench: Bench) -> 
             "state_bytes": model.state_bytes(state)}
 
 
+@torch.no_grad()
+def measure_cost(variants: list[str], bench: Bench, length: int, repeats: int = 3) -> str:
+    """Inference time of each memory alone (untrained weights: the cost does not depend on them): the median of
+    ``repeats`` timed passes over ``bench.eval_streams`` recall streams of ``length`` tokens, after one warm-up
+    pass. A table in markdown."""
+    rng = np.random.default_rng(0)
+    s = make_streams("recall", bench.eval_streams, length, rng, bench)
+    a, b, _ = to_tensors(s, torch.device("cpu"))
+    lines = [f"Inference cost ({bench.eval_streams} streams of {length:,} tokens at once, "
+             f"{torch.get_num_threads()} thread(s), median of {repeats} passes):", "",
+             "| memory | state bytes / stream | ms per 1k tokens per stream | vs ttt-sgd |", "|---|---|---|---|"]
+    times: dict[str, float] = {}
+    state_bytes: dict[str, int] = {}
+    for variant in variants:
+        torch.manual_seed(0)
+        model = Model(variant, s.classes, bench).eval()
+        model(a[:, :bench.mini_batch * 2], b[:, :bench.mini_batch * 2], s.queries)  # warm-up
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            _, state = model(a, b, s.queries)
+            runs.append(time.perf_counter() - t0)
+        times[variant] = 1000 * float(np.median(runs)) / (bench.eval_streams * length / 1000)
+        state_bytes[variant] = model.state_bytes(state)
+    for variant in variants:
+        ratio = f"{times[variant] / times['ttt-sgd']:.2f}x" if "ttt-sgd" in times else "-"
+        lines.append(f"| {variant} | {state_bytes[variant]:,} | {times[variant]:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
 def load_results(path: Path) -> list[dict]:
     """The JSON lines of ``path`` (a torn last line from an interrupted run is ignored)."""
     if not path.is_file():
@@ -554,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="Tiny sizes (a test of the pipeline, not a result).")
     p.add_argument("--report", action="store_true", help="Only the table and plot from OUT/results.jsonl.")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cost", type=int, default=None, metavar="LENGTH",
+                   help="Only time each memory's inference on streams of LENGTH tokens (OUT/cost.md).")
     args = p.parse_args(argv)
     if args.threads < 1:
         print(f"memory_recall: --threads must be >= 1, got {args.threads}", file=sys.stderr)
@@ -584,6 +616,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"memory_recall: stream lengths must be multiples of the mini-batch ({bench.mini_batch}) and steps > 0",
               file=sys.stderr)
         return 2
+    if args.cost is not None:
+        if args.cost % bench.mini_batch or args.cost <= 2 * bench.mini_batch:
+            print(f"memory_recall: --cost takes a multiple of the mini-batch ({bench.mini_batch}) above "
+                  f"{2 * bench.mini_batch}, got {args.cost}", file=sys.stderr)
+            return 2
+        text = measure_cost(variants, bench, args.cost)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "cost.md").write_text(text + "\n")
+        print(text)
+        return 0
     if not args.report:
         print(f"state budget {state_budget(bench)} B per stream: TTT fast weights; Mamba-2 d_state "
               f"{mamba_config(bench).d_state} ({mamba_state_bytes(mamba_config(bench))} B); token bank "

@@ -121,3 +121,12 @@ def test_interfere_adds_distractor_pairs_that_are_never_asked(mr):
         for j in range(bench.pairs):  # the asked pairs are the ones early in the stream, answers as in recall
             where = np.flatnonzero((s.a[i, :body] == s.a[i, body + j]) & (s.b[i, :body] > 0))
             assert len(where) == 1 and where[0] < body // 8 and s.b[i, where[0]] - 1 == s.answers[i, j]
+
+
+def test_cost_mode_times_every_memory_and_checks_its_length(mr, tmp_path):
+    assert mr.main(["--quick", "--cost", "256", "--out", str(tmp_path), "--variants", "ttt-sgd,bank-discard"]) == 0
+    rows = [line for line in (tmp_path / "cost.md").read_text().splitlines() if line.startswith("| ttt-") or
+            line.startswith("| bank-")]
+    assert [r.split(" | ")[0] for r in rows] == ["| ttt-sgd", "| bank-discard"]
+    assert all(float(r.split(" | ")[2]) > 0 for r in rows)
+    assert mr.main(["--quick", "--cost", "100", "--out", str(tmp_path)]) == 2
