@@ -293,6 +293,23 @@ def test_incremental_mode_reuses_the_memory_cache(model):
         StreamSession(model, reader="pd", incremental=True)
 
 
+def test_incremental_mode_with_shared_wrappers_answers_as_recomputing(model):
+    """Past max_wrappers the groups of patches shift as patches arrive: the kept cache is then recomputed, never
+    reused with stale wrapper rows."""
+    full = fed_session(model, video_tokens=4096, audio_tokens=4096, max_wrappers=2)
+    inc = fed_session(model, video_tokens=4096, audio_tokens=4096, incremental=True, max_wrappers=2)
+    for s in (full, inc):
+        s.flush()
+    assert len(inc.state.patches) > 2
+    assert inc.ask("What?") == full.ask("What?")
+    assert inc.ask("And?") == full.ask("And?") and inc.stats().kv_reuse == "exact"
+    for s in (full, inc):
+        for i, f in enumerate(frames(4, seed=9), start=10):
+            s.feed(frames=f, t=float(i))
+        s.flush()
+    assert inc.ask("Now?") == full.ask("Now?") and inc.stats().kv_reuse == "recomputed"
+
+
 def test_a_session_moves_between_ttt_execution_paths(tmp_path):
     """How the TTT layer runs (``fast``) is not part of the model's identity: a session saved on one path loads
     on another and continues identically."""
