@@ -205,6 +205,45 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def recent_distractors(runs_by_variant: dict[str, list[dict]], test: Path, video_tokens: int) -> str | None:
+    """Where the wrong answers to questions outside the token memory go: the share of them that name a background
+    colour a first-in-first-out memory of ``video_tokens`` would still show (a model answering from what it holds),
+    against the share a uniform guess would pick. Needs the test split's events file (``SPLIT_events.json`` beside
+    ``SPLIT.json``, written by ``avmem synth``); None without it. Markdown."""
+    import numpy as np
+
+    events_path = test.with_name(test.stem + "_events.json")
+    if not events_path.is_file():
+        return None
+    events = {e["video_id"]: e for e in json.loads(events_path.read_text())}
+    questions = {q["question_id"]: (v["video_id"], q) for v in json.loads(test.read_text()) for q in v["questions"]}
+    lines = [f"Outside the token memory: answers naming a colour still on screen in the last {video_tokens} video "
+             "tokens (not the answer), against a uniform guess over the same options:", "",
+             "| memory | questions | accuracy | picked a recent colour | uniform guess would | ratio |",
+             "|---|---|---|---|---|---|"]
+    for name, runs in runs_by_variant.items():
+        picked, expected, correct = [], [], []
+        for run in runs:
+            for r in run["results"]:
+                if r["inside_memory"] or r["question_id"] not in questions or r.get("task_type") != "scene_shape":
+                    continue
+                vid, q = questions[r["question_id"]]
+                rate = r["tokens_since_event"] / max(q["asked_at"] - q["event_time"], 1e-6)  # video tokens per s
+                start = q["asked_at"] - video_tokens / max(rate, 1e-6)
+                recent = {sc["colour"] for sc in events[vid]["scenes"]
+                          if sc["end"] > start and sc["start"] <= q["asked_at"]}
+                options = {o.split(". ", 1)[0]: o.split(". ", 1)[1] for o in q["options"]}
+                answer = options[q["answer"]]
+                wrong_recent = [k for k, c in options.items() if c in recent and c != answer]
+                picked.append(float(r["predicted"] in wrong_recent))
+                expected.append(len(wrong_recent) / len(options))
+                correct.append(float(r["correct"]))
+        if picked:
+            lines.append(f"| {name} | {len(picked)} | {np.mean(correct):.3f} | {np.mean(picked):.3f} | "
+                         f"{np.mean(expected):.3f} | {np.mean(picked) / max(np.mean(expected), 1e-9):.2f}x |")
+    return "\n".join(lines)
+
+
 def video_seconds(annotations: Path) -> list[float]:
     """Durations of the videos of an annotation or training file written by ``avmem synth`` (from its events
     file next to it), [] when unknown."""
@@ -299,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
         keep = {video.stem for video, _ in load_annotations(args.test)[:args.max_videos]}
     rows = []
+    runs_by_variant: dict[str, list[dict]] = {}
     for name in names:
         runs = []
         for seed in seeds:
@@ -312,9 +352,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"memory_study: no results for {name} in {args.out}", file=sys.stderr)
             return 2
         rows.append(pooled(runs))
+        runs_by_variant[name] = runs
     (args.out / "results.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "answers"} for r in rows],
                                                       indent=1))
     text = table(rows)
+    bias = recent_distractors(runs_by_variant, args.test, args.video_tokens) if args.test is not None else None
+    if bias:
+        text += "\n\n" + bias
     (args.out / "table.md").write_text(text + "\n")
     base = rows[0]["base"] or args.base  # the runs' own base (a --report call does not repeat --base)
     start = "trained from scratch" if not Path(base).exists() else "fine-tuning steps from the same model"

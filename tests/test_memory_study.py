@@ -62,3 +62,29 @@ def test_unknown_variant_or_seed_is_refused(tmp_path, capsys):
     assert "lstm" in capsys.readouterr().err
     assert _study().main(["--smoke", "--seeds", "x", "--out", str(tmp_path)]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_recent_distractors_counts_wrong_answers_that_name_a_colour_still_held(tmp_path):
+    """A question outside the memory whose wrong answer is the background of the last 12.8 s (128 tokens at
+    10 tokens/s) counts as a recent pick; the uniform expectation is the share of such wrong options."""
+    study = _study()
+    test = tmp_path / "test.json"
+    test.write_text(json.dumps([{"video_id": "v", "questions": [
+        {"question_id": "v-1", "options": ["A. red", "B. blue", "C. green", "D. grey"], "answer": "A",
+         "event_time": 2.0, "asked_at": 20.0}]}]))
+    (tmp_path / "test_events.json").write_text(json.dumps([{"video_id": "v", "scenes": [
+        {"start": 0.0, "end": 10.0, "colour": "red"}, {"start": 10.0, "end": 20.0, "colour": "blue"},
+        {"start": 20.0, "end": 25.0, "colour": "blue"}, {"start": 25.0, "end": 30.0, "colour": "green"}]}]))
+
+    def run(predicted: str) -> dict:
+        return {"results": [{"question_id": "v-1", "task_type": "scene_shape", "inside_memory": False,
+                             "tokens_since_event": 180, "predicted": predicted, "correct": predicted == "A"}]}
+
+    text = study.recent_distractors({"x": [run("B")], "y": [run("C")], "z": [run("A")]}, test, 128)
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in text.splitlines() if line.startswith("| ")
+            and not line.startswith("| memory")}
+    assert rows["x"][:4] == ["1", "0.000", "1.000", "0.250"]  # blue: on screen 10-20 s, not the answer
+    assert rows["y"][:4] == ["1", "0.000", "0.000", "0.250"]  # green appears only after the question
+    assert rows["z"][:4] == ["1", "1.000", "0.000", "0.250"]
+    (tmp_path / "test_events.json").unlink()
+    assert study.recent_distractors({"x": [run("B")]}, test, 128) is None
