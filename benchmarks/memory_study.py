@@ -215,8 +215,10 @@ def recent_distractors(runs_by_variant: dict[str, list[dict]], test: Path, video
     events_path = test.with_name(test.stem + "_events.json")
     if not events_path.is_file():
         return None
+    from avmem.synth import load_annotations
+
     events = {e["video_id"]: e for e in json.loads(events_path.read_text())}
-    questions = {q["question_id"]: (v["video_id"], q) for v in json.loads(test.read_text()) for q in v["questions"]}
+    questions = {q.question_id: (video.stem, q) for video, qs in load_annotations(test) for q in qs}
     lines = [f"Outside the token memory: answers naming a colour still on screen in the last {video_tokens} video "
              "tokens (not the answer), against a uniform guess over the same options:", "",
              "| memory | questions | accuracy | picked a recent colour | uniform guess would | ratio |",
@@ -228,12 +230,12 @@ def recent_distractors(runs_by_variant: dict[str, list[dict]], test: Path, video
                 if r["inside_memory"] or r["question_id"] not in questions or r.get("task_type") != "scene_shape":
                     continue
                 vid, q = questions[r["question_id"]]
-                rate = r["tokens_since_event"] / max(q["asked_at"] - q["event_time"], 1e-6)  # video tokens per s
-                start = q["asked_at"] - video_tokens / max(rate, 1e-6)
+                rate = r["tokens_since_event"] / max(q.asked_at - q.event_time, 1e-6)  # video tokens per s
+                start = q.asked_at - video_tokens / max(rate, 1e-6)
                 recent = {sc["colour"] for sc in events[vid]["scenes"]
-                          if sc["end"] > start and sc["start"] <= q["asked_at"]}
-                options = {o.split(". ", 1)[0]: o.split(". ", 1)[1] for o in q["options"]}
-                answer = options[q["answer"]]
+                          if sc["end"] > start and sc["start"] <= q.asked_at}
+                options = dict(o.split(". ", 1) for o in q.options)
+                answer = options[q.answer]
                 wrong_recent = [k for k, c in options.items() if c in recent and c != answer]
                 picked.append(float(r["predicted"] in wrong_recent))
                 expected.append(len(wrong_recent) / len(options))

@@ -69,9 +69,10 @@ def test_recent_distractors_counts_wrong_answers_that_name_a_colour_still_held(t
     10 tokens/s) counts as a recent pick; the uniform expectation is the share of such wrong options."""
     study = _study()
     test = tmp_path / "test.json"
-    test.write_text(json.dumps([{"video_id": "v", "questions": [
-        {"question_id": "v-1", "options": ["A. red", "B. blue", "C. green", "D. grey"], "answer": "A",
-         "event_time": 2.0, "asked_at": 20.0}]}]))
+    test.write_text(json.dumps([{"video": "videos/v.mp4", "questions": [
+        {"question_id": "v-1", "task_type": "scene_shape", "question": "Which colour?",
+         "options": ["A. red", "B. blue", "C. green", "D. grey"], "answer": "A", "event_time": 2.0,
+         "asked_at": 20.0}]}]))
     (tmp_path / "test_events.json").write_text(json.dumps([{"video_id": "v", "scenes": [
         {"start": 0.0, "end": 10.0, "colour": "red"}, {"start": 10.0, "end": 20.0, "colour": "blue"},
         {"start": 20.0, "end": 25.0, "colour": "blue"}, {"start": 25.0, "end": 30.0, "colour": "green"}]}]))
